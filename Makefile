@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine:
+#   make run   - create .venv/, install the pinned stack + this package, run `dvc repro`
+#   make test  - same set-up, then the test suite (slow end-to-end tests: make test-slow)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: run test test-slow bench ui clean
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing the pinned stack into $(VENV)/ (first time: ~2 min; log in $(VENV)/install.log)"
+	@$(VENV)/bin/python -m pip install -q --upgrade pip > $(VENV)/install.log 2>&1
+	@$(VENV)/bin/python -m pip install -q -e '.[test]' >> $(VENV)/install.log 2>&1 \
+		|| { tail -n 30 $(VENV)/install.log; echo "pip install failed; full log: $(VENV)/install.log"; exit 1; }
+	@touch $@
+
+run: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	python -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	python -m pytest -m slow -q
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; python $$b || exit 1; done
+
+ui: $(STAMP)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db --workers 1 --port 5000
+
+clean:
+	rm -rf data models results metrics checkpoints mlflow.db mlartifacts .prefect

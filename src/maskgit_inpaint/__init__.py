@@ -1,0 +1,1 @@
+"""MaskGIT-style image completion over a VQGAN tokenizer."""

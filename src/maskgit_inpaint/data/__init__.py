@@ -1,0 +1,1 @@
+"""Data: Places365 layout, the embedded sample, WebDataset shards, token arrays."""

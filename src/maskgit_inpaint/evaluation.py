@@ -1,0 +1,207 @@
+"""The evaluation grid: decode trajectories, composite, score, tabulate, draw.
+
+One trajectory per (schedule, T) yields every sweet spot k <= T (sampling.decode).
+The val images are tokenized once (the extract_tokens stage) and every cell sees
+the same masks and the same Gumbel noise stream.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from maskgit_inpaint import masks, metrics, runtime, sampling
+from maskgit_inpaint.data import shards
+from maskgit_inpaint.data import tokens as token_store
+from maskgit_inpaint.models.checkpoint import WEIGHTS
+from maskgit_inpaint.models.transformer import MaskedTokenTransformer
+from maskgit_inpaint.models.vqgan import VQGAN
+
+COLUMNS = ["method", "schedule", "T", "sweet_spot", "mask", "n_images", "psnr", "psnr_masked", "ssim", "ssim_masked", "seconds_per_image", "status"]
+METRICS = ["psnr", "psnr_masked", "ssim", "ssim_masked", "seconds_per_image"]
+# Sources whose change must invalidate cached grid cells.
+CODE = ("sampling.py", "evaluation.py", "metrics.py", "masks.py")
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """Everything a grid cell depends on; hashable, so Prefect caches cells by it."""
+
+    vqgan_dir: str
+    transformer_dir: str
+    shards_dir: str
+    tokens_dir: str
+    fingerprint: str  # hash of both models' weights, the val tokens and the grid code
+    num_images: int
+    batch_size: int
+    mask: str
+    seed: int
+    temperature: float
+    feather: int
+    sample_images: int
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint(vqgan_dir: Path, transformer_dir: Path, tokens_dir: Path) -> str:
+    here = Path(__file__).parent
+    parts = [_sha256(Path(vqgan_dir) / WEIGHTS), _sha256(Path(transformer_dir) / WEIGHTS), _sha256(Path(tokens_dir) / "val.npy")]
+    parts += [_sha256(here / name) for name in CODE]
+    return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
+
+
+@dataclass
+class EvalData:
+    vqgan: VQGAN
+    transformer: MaskedTokenTransformer
+    images: torch.Tensor  # (N, 3, H, W) in [-1, 1], val images in shard order
+    tokens: torch.Tensor  # (N, h*w) their token ids
+    pixel_mask: torch.Tensor  # (N, 1, H, W) True = missing
+    token_mask: torch.Tensor  # (N, h*w) True = masked token
+    device: torch.device
+
+
+_loaded: dict[GridSpec, EvalData] = {}
+_lock = threading.Lock()
+
+
+def load_data(spec: GridSpec) -> EvalData:
+    """Models, val images, tokens and masks, loaded once per process and spec."""
+    with _lock:
+        if spec not in _loaded:
+            dev = runtime.setup(spec.seed)
+            vqgan = VQGAN.load(spec.vqgan_dir, dev)
+            transformer = MaskedTokenTransformer.load(spec.transformer_dir, dev)
+            meta = token_store.load_meta(spec.tokens_dir)
+            images, keys = shards.load_split(shards.shard_urls(spec.shards_dir, "val"), spec.num_images)
+            if keys != meta["val_keys"][: len(keys)]:
+                raise ValueError(f"{spec.tokens_dir}: val tokens do not match the val shards; run `dvc repro extract_tokens`")
+            tokens = torch.from_numpy(token_store.load(spec.tokens_dir, "val")[: len(keys)].astype(np.int64))
+            pixel_mask = masks.make(spec.mask, len(images), images.shape[-1], spec.seed)
+            token_mask = masks.to_token_mask(pixel_mask, vqgan.config.downsample)
+            _loaded.clear()  # one spec at a time: a new spec means new models
+            _loaded[spec] = EvalData(vqgan, transformer, images, tokens, pixel_mask, token_mask, dev)
+        return _loaded[spec]
+
+
+def composite(original: torch.Tensor, generated: torch.Tensor, pixel_mask: torch.Tensor, feather: int) -> torch.Tensor:
+    """Known pixels from the input, missing ones from the decode, blended over `feather` pixels."""
+    weight = masks.feather(pixel_mask, feather).to(original.device)  # (B, 1, H, W)
+    return weight * generated + (1 - weight) * original
+
+
+def _decode_pixels(data: EvalData, ids: torch.Tensor) -> torch.Tensor:
+    """(B, h*w) token ids -> (B, 3, H, W) images."""
+    h = data.images.shape[-1] // data.vqgan.config.downsample
+    with runtime.autocast(data.device, True):
+        return data.vqgan.decode_indices(ids.view(len(ids), h, h)).float()
+
+
+def _score(pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {
+        "psnr": metrics.psnr(pred, target), "psnr_masked": metrics.psnr(pred, target, pixel_mask),
+        "ssim": metrics.ssim(pred, target), "ssim_masked": metrics.ssim(pred, target, pixel_mask),
+    }
+
+
+def _row(method: str, spec: GridSpec, scores: dict[str, list[torch.Tensor]], seconds: float, n: int, **cell) -> dict:
+    row = {"method": method, "schedule": None, "T": None, "sweet_spot": None, "mask": spec.mask, "n_images": n, **cell}
+    row.update({k: torch.cat(v).mean().item() for k, v in scores.items()})
+    finite = all(np.isfinite(row[k]) for k in scores)
+    return {**row, "seconds_per_image": seconds / n, "status": "ok" if finite else "non-finite metric"}
+
+
+@dataclass
+class Trajectory:
+    rows: list[dict]  # one per sweet spot
+    samples: np.ndarray  # (S, H, W, 3) uint8 composites at k = T for the sample strip
+
+
+def run_trajectory(spec: GridSpec, schedule: str, T: int, sweet_spots: tuple[int, ...]) -> Trajectory:
+    """Decode all images once with (schedule, T) and score the result at every sweet spot."""
+    data = load_data(spec)
+    generator = torch.Generator(data.device).manual_seed(spec.seed)
+    ks = sorted(set(sweet_spots) | {T})
+    scores = {k: {m: [] for m in METRICS[:4]} for k in ks}
+    pixel_seconds = {k: 0.0 for k in ks}
+    decode_seconds = 0.0
+    samples = []
+    n = len(data.images)
+    for start in range(0, n, spec.batch_size):
+        sl = slice(start, start + spec.batch_size)
+        x, pm = data.images[sl].to(data.device), data.pixel_mask[sl].to(data.device)
+        began = time.perf_counter()
+        with runtime.autocast(data.device, True):
+            out = sampling.decode(data.transformer, data.tokens[sl].to(data.device), data.token_mask[sl].to(data.device),
+                                  schedule, T, ks, spec.temperature, generator)
+        decode_seconds += time.perf_counter() - began
+        for k, ids in out.items():
+            began = time.perf_counter()
+            pred = composite(x, _decode_pixels(data, ids), pm, spec.feather)
+            pixel_seconds[k] += time.perf_counter() - began
+            for m, v in _score(pred, x, pm).items():
+                scores[k][m].append(v.cpu())
+            if k == T and start == 0:
+                samples = shards.as_uint8(pred[: spec.sample_images])
+    # A cell's cost: k of the T transformer passes (measured together) plus its pixel decode.
+    rows = [
+        _row("maskgit", spec, scores[k], decode_seconds * k / T + pixel_seconds[k], n, schedule=schedule, T=T, sweet_spot=k)
+        for k in ks
+    ]
+    return Trajectory(rows, samples)
+
+
+def vqgan_recon_row(spec: GridSpec) -> dict:
+    """The ceiling of any token predictor: decode the true tokens of every image, composite the same way."""
+    data = load_data(spec)
+    scores = {m: [] for m in METRICS[:4]}
+    began = time.perf_counter()
+    for start in range(0, len(data.images), spec.batch_size):
+        sl = slice(start, start + spec.batch_size)
+        x, pm = data.images[sl].to(data.device), data.pixel_mask[sl].to(data.device)
+        pred = composite(x, _decode_pixels(data, data.tokens[sl].to(data.device)), pm, spec.feather)
+        for m, v in _score(pred, x, pm).items():
+            scores[m].append(v.cpu())
+    return _row("vqgan_recon", spec, scores, time.perf_counter() - began, len(data.images))
+
+
+def table(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    for col in ("T", "sweet_spot"):
+        df[col] = df[col].astype("Int64")
+    return df.sort_values(["method", "schedule", "T", "sweet_spot"], na_position="first", ignore_index=True)
+
+
+def best_cell(df: pd.DataFrame, by: str = "psnr_masked") -> dict:
+    decoded = df[(df.method == "maskgit") & (df.status == "ok")]
+    best = decoded.loc[decoded[by].idxmax()]
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()}
+
+
+def spec_for(paths, p) -> GridSpec:
+    """The GridSpec of params `paths` (PathsParams) and `eval` (EvalParams)."""
+    return GridSpec(
+        vqgan_dir=str(paths.vqgan), transformer_dir=str(paths.transformer), shards_dir=str(paths.shards),
+        tokens_dir=str(paths.tokens), fingerprint=fingerprint(paths.vqgan, paths.transformer, paths.tokens),
+        num_images=p.num_images, batch_size=p.batch_size, mask=p.mask, seed=p.seed,
+        temperature=p.temperature, feather=p.feather, sample_images=p.sample_images,
+    )
+
+
+def masked_inputs(spec: GridSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs with the hole greyed out, originals) of the sample images, uint8 (S, H, W, 3)."""
+    data = load_data(spec)
+    x, pm = data.images[: spec.sample_images], data.pixel_mask[: spec.sample_images]
+    return shards.as_uint8(torch.where(pm, torch.zeros_like(x), x)), shards.as_uint8(x)

@@ -1,0 +1,1 @@
+"""Models: the VQGAN tokenizer and the bidirectional transformer."""

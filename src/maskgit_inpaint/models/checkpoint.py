@@ -1,0 +1,61 @@
+"""Self-describing model files and resumable training state.
+
+A model directory holds `model.safetensors` and `config.json` ({"model": the
+architecture, plus whatever the stage records: step, metrics, data hashes}).
+Training state (weights, optimizer, config, step, best metric, curve, RNG) is one
+`torch.save` file loaded with `weights_only=True`; resuming takes the
+architecture from it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from maskgit_inpaint.io import atomic_file
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def save_model(model: nn.Module, directory: Path | str, extra: dict | None = None) -> None:
+    """Write weights and config (model.config is a dataclass) into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, directory / WEIGHTS)
+    info = {"model": asdict(model.config), **(extra or {})}
+    (directory / CONFIG).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def read_model(directory: Path | str, made_by: str, device: str | torch.device = "cpu") -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json contents, state dict) of a model directory written by `save_model`."""
+    directory = Path(directory)
+    if not (directory / WEIGHTS).is_file() or not (directory / CONFIG).is_file():
+        raise FileNotFoundError(f"{directory}: no {WEIGHTS} + {CONFIG}; run `dvc repro {made_by}` first")
+    return json.loads((directory / CONFIG).read_text()), load_file(directory / WEIGHTS, device=str(device))
+
+
+def save_training_state(
+    path: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, best: dict, history: list[dict], params: dict
+) -> None:
+    """Everything needed to continue a run exactly where it stopped (written atomically)."""
+    state = {
+        "model_config": asdict(model.config),
+        "params": params,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "best": best,
+        "history": history,  # the logged curve so far, so a resumed run reports all of it
+        "torch_rng": torch.get_rng_state(),
+    }
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_training_state(path: Path | str) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)

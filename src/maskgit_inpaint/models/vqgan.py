@@ -1,0 +1,258 @@
+"""VQGAN tokenizer with taming-transformers' module layout.
+
+Parameter names follow taming's `VQModel` (encoder.down.0.block.0.conv1.weight,
+quantize.embedding.weight, ...) so that its public checkpoints map onto this model
+key by key. Images are (B, 3, H, W) in [-1, 1]; tokens are (B, H/f, W/f) code ids.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from maskgit_inpaint.models.checkpoint import read_model
+
+
+@dataclass(frozen=True)
+class VQGANConfig:
+    resolution: int = 64  # training image size; attention placement is keyed to it
+    in_channels: int = 3
+    out_ch: int = 3
+    ch: int = 32  # base channels (GroupNorm(32) needs multiples of 32)
+    ch_mult: tuple[int, ...] = (1, 2, 2)  # per-level channel multipliers; f = 2 ** (levels - 1)
+    num_res_blocks: int = 1  # resnet blocks per level (decoder uses one more)
+    attn_resolutions: tuple[int, ...] = ()  # feature-map sizes that get self-attention
+    z_channels: int = 64  # encoder output channels
+    double_z: bool = False  # taming's VQGAN sets False (True is for KL autoencoders)
+    dropout: float = 0.0
+    embed_dim: int = 64  # code vector size
+    n_embed: int = 128  # codebook size K
+    beta: float = 0.25  # commitment weight
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def token_grid(self, image_size: int) -> int:
+        return image_size // self.downsample
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VQGANConfig":
+        d = dict(d)
+        for k in ("ch_mult", "attn_resolutions"):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def Normalize(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float):
+        super().__init__()
+        self.norm1 = Normalize(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = Normalize(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        # taming names the 1x1 projection of the skip path nin_shortcut.
+        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.nin_shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the spatial positions of a feature map."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = Normalize(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.norm(x)
+        q, k, v = (m(h).reshape(B, 1, C, H * W).transpose(2, 3) for m in (self.q, self.k, self.v))  # (B, 1, HW, C)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C)
+        h = h.transpose(2, 3).reshape(B, C, H, W)
+        return x + self.proj_out(h)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # taming's asymmetric pad keeps the grid aligned
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Encoder(nn.Module):
+    def __init__(self, c: VQGANConfig):
+        super().__init__()
+        self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1)
+        in_mult = (1,) + tuple(c.ch_mult)
+        resolution = c.resolution
+        self.down = nn.ModuleList()
+        for level, mult in enumerate(c.ch_mult):
+            stage = nn.Module()
+            block_in, block_out = c.ch * in_mult[level], c.ch * mult
+            stage.block = nn.ModuleList()
+            stage.attn = nn.ModuleList()
+            for _ in range(c.num_res_blocks):
+                stage.block.append(ResnetBlock(block_in, block_out, c.dropout))
+                block_in = block_out
+                if resolution in c.attn_resolutions:
+                    stage.attn.append(AttnBlock(block_in))
+            if level != len(c.ch_mult) - 1:
+                stage.downsample = Downsample(block_in)
+                resolution //= 2
+            self.down.append(stage)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, c.dropout)
+        self.mid.attn_1 = AttnBlock(block_in)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, c.dropout)
+        self.norm_out = Normalize(block_in)
+        self.conv_out = nn.Conv2d(block_in, 2 * c.z_channels if c.double_z else c.z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)  # (B, ch, H, W)
+        for stage in self.down:
+            for i, block in enumerate(stage.block):
+                h = block(h)
+                if len(stage.attn) > 0:
+                    h = stage.attn[i](h)
+            if hasattr(stage, "downsample"):
+                h = stage.downsample(h)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))  # (B, C, H/f, W/f)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, z, H/f, W/f)
+
+
+class Decoder(nn.Module):
+    def __init__(self, c: VQGANConfig):
+        super().__init__()
+        block_in = c.ch * c.ch_mult[-1]
+        resolution = c.resolution // c.downsample
+        self.conv_in = nn.Conv2d(c.z_channels, block_in, 3, padding=1)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, c.dropout)
+        self.mid.attn_1 = AttnBlock(block_in)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, c.dropout)
+        # Built from the coarsest level up, stored finest first as taming does (up.0 is full resolution).
+        up = []
+        for level in reversed(range(len(c.ch_mult))):
+            stage = nn.Module()
+            block_out = c.ch * c.ch_mult[level]
+            stage.block = nn.ModuleList()
+            stage.attn = nn.ModuleList()
+            for _ in range(c.num_res_blocks + 1):
+                stage.block.append(ResnetBlock(block_in, block_out, c.dropout))
+                block_in = block_out
+                if resolution in c.attn_resolutions:
+                    stage.attn.append(AttnBlock(block_in))
+            if level != 0:
+                stage.upsample = Upsample(block_in)
+                resolution *= 2
+            up.insert(0, stage)
+        self.up = nn.ModuleList(up)
+        self.norm_out = Normalize(block_in)
+        self.conv_out = nn.Conv2d(block_in, c.out_ch, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(z)  # (B, C, h, w)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        for stage in reversed(self.up):
+            for i, block in enumerate(stage.block):
+                h = block(h)
+                if len(stage.attn) > 0:
+                    h = stage.attn[i](h)
+            if hasattr(stage, "upsample"):
+                h = stage.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code lookup with a straight-through gradient."""
+
+    def __init__(self, n_embed: int, embed_dim: int, beta: float):
+        super().__init__()
+        self.beta = beta
+        self.embedding = nn.Embedding(n_embed, embed_dim)
+        self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
+
+    def codes(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, e, h, w) -> nearest code ids (B, h, w)."""
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()  # (B*h*w, e)
+        codebook = self.embedding.weight.float()  # (K, e)
+        distance = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.t() + codebook.pow(2).sum(1)[None]  # (B*h*w, K)
+        return distance.argmin(1).view(z.shape[0], z.shape[2], z.shape[3])
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) code ids -> (B, e, h, w) code vectors."""
+        return self.embedding(ids).permute(0, 3, 1, 2)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = z.float()  # distances and the codebook loss in fp32, also under autocast
+        ids = self.codes(z)
+        z_q = self.lookup(ids)
+        # Codebook term pulls codes to encoder outputs; commitment term (beta) the reverse.
+        loss = F.mse_loss(z_q, z.detach()) + self.beta * F.mse_loss(z, z_q.detach())
+        z_q = z + (z_q - z).detach()  # straight-through estimator
+        return z_q, loss, ids
+
+
+class VQGAN(nn.Module):
+    def __init__(self, config: VQGANConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.quantize = VectorQuantizer(config.n_embed, config.embed_dim, config.beta)
+        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+
+    def encode_continuous(self, images: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(images))  # (B, e, h, w)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstruct: returns (images (B, 3, H, W), vq loss, ids (B, h, w), pre-quantization z (B, e, h, w))."""
+        z = self.encode_continuous(images)
+        z_q, vq_loss, ids = self.quantize(z)
+        return self.decoder(self.post_quant_conv(z_q)), vq_loss, ids, z
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> token ids (B, h, w)."""
+        return self.quantize.codes(self.encode_continuous(images))
+
+    @torch.no_grad()
+    def decode_indices(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, h, w) -> images (B, 3, H, W), clamped to [-1, 1]."""
+        z_q = self.quantize.lookup(ids)  # (B, e, h, w)
+        return self.decoder(self.post_quant_conv(z_q)).float().clamp(-1, 1)
+
+    @classmethod
+    def load(cls, directory, device: str | torch.device = "cpu") -> "VQGAN":
+        """A tokenizer saved by `checkpoint.save_model` (the finetune_vqgan stage's out)."""
+        info, state = read_model(directory, made_by="finetune_vqgan", device=device)
+        model = cls(VQGANConfig.from_dict(info["model"]))
+        model.load_state_dict(state)
+        return model.to(device).eval()

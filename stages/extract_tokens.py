@@ -1,0 +1,37 @@
+"""Stage `extract_tokens`: encode train and val once -> uint16 token arrays + meta.json."""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from maskgit_inpaint import config, runtime
+from maskgit_inpaint.data import shards
+from maskgit_inpaint.data import tokens as token_store
+from maskgit_inpaint.io import atomic_dir, write_json
+from maskgit_inpaint.models.vqgan import VQGAN
+
+
+def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
+    began = time.perf_counter()
+    params = config.load(params_file)
+    p, paths = params.tokens, params.paths
+    vqgan = VQGAN.load(paths.vqgan, runtime.setup(0))
+    image_size = shards.load_manifest(paths.shards)["image_size"]
+    grid = vqgan.config.token_grid(image_size)
+    meta = {"codebook_size": vqgan.config.n_embed, "grid": [grid, grid], "downsample": vqgan.config.downsample,
+            "image_size": image_size, "dtype": "uint16"}
+    with atomic_dir(paths.tokens) as tmp:
+        for split in shards.SPLITS:
+            ids, keys = token_store.encode_split(vqgan, shards.shard_urls(paths.shards, split), p.batch_size, p.amp)
+            np.save(tmp / f"{split}.npy", ids)
+            meta[f"{split}_count"] = len(keys)
+            meta[f"{split}_keys"] = keys
+        write_json(tmp / token_store.META, meta)
+    print(f"extract_tokens: train {meta['train_count']} + val {meta['val_count']} images -> {grid}x{grid} tokens "
+          f"(K={meta['codebook_size']}) -> {paths.tokens} ({time.perf_counter() - began:.1f}s)")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,89 @@
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskgit_inpaint.data import places365, sample, shards
+from maskgit_inpaint.data.scenes import CATEGORIES
+from maskgit_inpaint.io import atomic_dir
+
+from conftest import run_stage
+
+
+def test_sample_is_places365_layout_and_deterministic(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    counts = sample.generate(a, seed=3, image_size=32, train_per_category=2, val_per_category=1, noise=0.02)
+    sample.generate(b, seed=3, image_size=32, train_per_category=2, val_per_category=1, noise=0.02)
+    assert counts == {"train": 2 * len(CATEGORIES), "val": len(CATEGORIES), "categories": len(CATEGORIES)}
+    assert places365.read_categories(a) == list(CATEGORIES)
+    train = places365.read_split(a, "train")
+    val = places365.read_split(a, "val")
+    assert train[0].path == a / "data_256/c/coast/00000001.jpg" and train[0].key == "c__coast__00000001"
+    assert val[0].path.parent == a / "val_256" and {e.label for e in val} == set(range(len(CATEGORIES)))
+    assert all((a / e.path.relative_to(a)).read_bytes() == (b / e.path.relative_to(a)).read_bytes() for e in train + val)
+    assert (a / "places365_train_standard.txt").read_text().splitlines()[0] == "/c/coast/00000001.jpg 0"
+
+
+def test_scenes_have_structure_not_noise():
+    from maskgit_inpaint.data.scenes import render
+
+    img = render("/l/lake/natural", 64, 0.02, np.random.default_rng(0)).astype(float)
+    # Neighbouring pixels agree far more than random pixels would: structure dominates.
+    neighbour = np.abs(np.diff(img, axis=1)).mean()
+    shuffled = np.abs(np.diff(np.random.default_rng(1).permutation(img.reshape(-1, 3)), axis=0)).mean()
+    assert neighbour < 0.25 * shuffled
+
+
+def test_prepare_image_resizes_crops_and_passes_jpegs_through(tmp_path):
+    wide = tmp_path / "wide.png"
+    Image.new("RGBA", (80, 40), (10, 200, 30, 128)).save(wide)
+    data, ext = shards.prepare_image(wide, 32)
+    assert ext == "png" and Image.open(io.BytesIO(data)).size == (32, 32) and Image.open(io.BytesIO(data)).mode == "RGB"
+    exact = tmp_path / "exact.jpg"
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(exact, quality=90)
+    assert shards.prepare_image(exact, 32) == (exact.read_bytes(), "jpg")
+
+
+def test_shard_stage_rejects_and_counts_bad_files(tiny_project):
+    assert run_stage("sample", tiny_project).returncode == 0
+    raw = tiny_project / "data/raw"
+    entries = places365.read_split(raw, "train")
+    entries[0].path.write_bytes(b"this is not a jpeg")  # corrupt
+    entries[1].path.write_bytes(entries[1].path.read_bytes()[:200])  # truncated
+    entries[2].path.unlink()  # listed but missing
+    done = run_stage("shard", tiny_project)
+    assert done.returncode == 0, done.stderr
+    assert "3 rejected" in done.stdout
+    manifest = json.loads((tiny_project / "data/shards/manifest.json").read_text())
+    train = manifest["splits"]["train"]
+    assert train["count"] == len(entries) - 3
+    reasons = {r["path"]: r["reason"] for r in train["rejected"]}
+    assert "cannot decode" in reasons[str(entries[0].path)]
+    assert reasons[str(entries[2].path)] == "file listed but missing"
+    assert len(train["shards"]) >= 2  # at least as many shards as loader workers
+
+    images, keys = shards.load_split(shards.shard_urls(tiny_project / "data/shards", "train"))
+    assert images.shape == (len(entries) - 3, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+    assert keys == [e.key for e in entries[3:]]  # shard order = file-list order
+    batch = next(shards.train_batches(shards.shard_urls(tiny_project / "data/shards", "train"), 4, seed=0, num_workers=2))
+    assert batch.shape == (4, 3, 32, 32)
+
+
+def test_not_a_places365_root_names_the_fix(tmp_path):
+    with pytest.raises(places365.LayoutError, match="categories_places365.txt"):
+        places365.read_categories(tmp_path)
+
+
+def test_atomic_dir_leaves_the_old_out_when_killed(tmp_path):
+    out = tmp_path / "out"
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("complete")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(out) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert (out / "a.txt").read_text() == "complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
