@@ -61,7 +61,7 @@ class VQGANParams(Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(100, ge=0)
-    dead_code_restart_every: int = Field(100, ge=0)  # 0: never re-seed unused codes
+    dead_code_restart_every: int = Field(25, ge=0)  # 0: never re-seed unused codes
     eval_images: int = Field(256, ge=1)  # val images used for recon metrics
     checkpoint_every: int = Field(250, ge=1)
     amp: bool = True  # bf16 autocast (CPU with AVX512-BF16/AMX, or CUDA)

@@ -17,7 +17,8 @@ SPLIT_DIRS = {"train": ("data_256", "data_large"), "val": ("val_256", "val_large
 @dataclass(frozen=True)
 class Entry:
     key: str  # unique, WebDataset-safe (no dots, no slashes)
-    path: Path  # absolute image path
+    path: Path  # image path (under the root as given)
+    relative: str  # the path as the file list writes it
     label: int
 
 
@@ -66,7 +67,7 @@ def read_split(root: Path | str, split: str, limit: int | None = None) -> list[E
             continue
         try:
             relative, label = line.rsplit(maxsplit=1)
-            entries.append(Entry(key_for(relative), folder / relative.lstrip("/"), int(label)))
+            entries.append(Entry(key_for(relative), folder / relative.lstrip("/"), relative, int(label)))
         except ValueError as err:
             raise LayoutError(f"{path}:{number}: expected '<relative path> <label>', got {line!r}") from err
         if limit is not None and len(entries) >= limit:

@@ -74,7 +74,7 @@ def write_split(entries: list[places365.Entry], out_dir: Path, split: str, image
             try:
                 data, ext = prepare_image(entry.path, image_size)
             except RejectedImage as err:
-                rejected.append({"path": str(entry.path), "reason": str(err)})
+                rejected.append({"path": entry.relative, "reason": str(err)})
                 continue
             sink.write({"__key__": entry.key, ext: data, "cls": entry.label})
             written += 1
