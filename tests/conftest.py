@@ -9,9 +9,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_PARAMS = Path(__file__).with_name("tiny_params.yaml")
+TINY_OVERRIDES = Path(__file__).with_name("tiny_params.yaml")
 
 # Before any import of prefect / mlflow / torch hub: they read these at import time.
 _session_home = Path(tempfile.mkdtemp(prefix="maskgit-tests-"))
@@ -30,10 +31,21 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_session_home, ignore_errors=True)
 
 
+def write_tiny_params(dest: Path, **section_updates: dict) -> Path:
+    """The repo's params.yaml with the tiny overrides (and `section_updates`) merged in, written to `dest`."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    overrides = yaml.safe_load(TINY_OVERRIDES.read_text())
+    for updates in (overrides, section_updates):
+        for section, values in updates.items():
+            params[section].update(values)
+    dest.write_text(yaml.safe_dump(params, sort_keys=False))
+    return dest
+
+
 @pytest.fixture
 def tiny_project(tmp_path, monkeypatch) -> Path:
     """A temp working dir with the tiny params file and its own MLflow store."""
-    shutil.copy(TINY_PARAMS, tmp_path / "params.yaml")
+    write_tiny_params(tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return tmp_path
@@ -53,7 +65,7 @@ def run_stage(name: str, cwd: Path, env: dict | None = None) -> subprocess.Compl
 def tiny_chain(tmp_path_factory) -> Path:
     """The chain up to a trained transformer on the tiny profile, built once per session."""
     root = tmp_path_factory.mktemp("chain")
-    shutil.copy(TINY_PARAMS, root / "params.yaml")
+    write_tiny_params(root / "params.yaml")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
     for stage in ("sample", "shard", "finetune_vqgan", "extract_tokens", "train_transformer"):
         done = run_stage(stage, root, env)

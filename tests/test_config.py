@@ -5,17 +5,26 @@ import yaml
 
 from maskgit_inpaint import config
 
-from conftest import ROOT, TINY_PARAMS
+from conftest import ROOT, write_tiny_params
 
 
-def test_repo_params_and_tiny_profile_validate():
-    for path in (ROOT / "params.yaml", TINY_PARAMS):
+def test_repo_params_and_tiny_profile_validate(tmp_path):
+    for path in (ROOT / "params.yaml", write_tiny_params(tmp_path / "tiny.yaml")):
         params = config.load(path)
         assert params.paths.shards == Path("data/shards")
 
 
+def test_every_value_comes_from_the_params_file(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del raw["vqgan"]["n_embed"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(config.ParamsError, match="vqgan.n_embed: Field required"):
+        config.load(path)
+
+
 def test_unknown_key_is_named_with_the_file(tmp_path):
-    raw = yaml.safe_load(TINY_PARAMS.read_text())
+    raw = yaml.safe_load(write_tiny_params(tmp_path / "tiny.yaml").read_text())
     raw["transformer"]["n_layers"] = 3  # typo of n_layer
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -25,7 +34,7 @@ def test_unknown_key_is_named_with_the_file(tmp_path):
 
 
 def test_inconsistent_values_are_rejected(tmp_path):
-    raw = yaml.safe_load(TINY_PARAMS.read_text())
+    raw = yaml.safe_load(write_tiny_params(tmp_path / "tiny.yaml").read_text())
     raw["transformer"].update(n_embd=30, n_head=4)
     raw["eval"]["schedules"] = ["cosine", "zigzag"]
     path = tmp_path / "params.yaml"

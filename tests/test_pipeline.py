@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from conftest import ROOT, TINY_PARAMS
+from conftest import ROOT, write_tiny_params
 
 
 def _run(args, cwd):
@@ -30,7 +30,7 @@ def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
-    shutil.copy(TINY_PARAMS, repo / "params.yaml")
+    write_tiny_params(repo / "params.yaml")
     _run(["git", "init", "-q"], repo)
     _run(["git", "config", "user.name", "test"], repo)  # `dvc exp run` commits
     _run(["git", "config", "user.email", "test@example.com"], repo)

@@ -6,13 +6,12 @@ import time
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer, TransformerConfig
 from maskgit_inpaint.training.resume import Resume, ResumeMismatch
 
-from conftest import run_stage, stage_env
+from conftest import run_stage, stage_env, write_tiny_params
 
 LONGER = {"steps": 300, "batch_size": 32, "n_embd": 64, "n_head": 2, "checkpoint_every": 20, "eval_every": 100}
 
@@ -20,9 +19,7 @@ LONGER = {"steps": 300, "batch_size": 32, "n_embd": 64, "n_head": 2, "checkpoint
 def _project(tiny_chain, path, transformer_updates):
     path.mkdir()
     shutil.copytree(tiny_chain / "data/tokens", path / "data/tokens")
-    params = yaml.safe_load((tiny_chain / "params.yaml").read_text())
-    params["transformer"].update(transformer_updates)
-    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_tiny_params(path / "params.yaml", transformer=transformer_updates)
     return {"MLFLOW_TRACKING_URI": f"sqlite:///{path / 'mlflow.db'}"}
 
 

@@ -1,7 +1,9 @@
 """Typed params: one load function, one model per `params.yaml` section, clear errors.
 
-Every stage reads its own section plus `paths` (where the chain's files live); the
-same file feeds `dvc.yaml` through templating, so no path is written twice.
+`params.yaml` is the only source of values: every field is required here, so no
+second set of defaults can drift from it. Every stage reads its own section plus
+`paths` (where the chain's files live); the same file feeds `dvc.yaml` through
+templating, so no path is written twice.
 """
 from __future__ import annotations
 
@@ -31,41 +33,41 @@ class PathsParams(Section):
 
 
 class SampleParams(Section):
-    seed: int = 0
-    image_size: int = Field(64, ge=16)
-    train_per_category: int = Field(500, ge=1)
-    val_per_category: int = Field(50, ge=1)
-    noise: float = Field(0.02, ge=0.0, le=0.5)  # pixel noise std in [0,1] units: mild on purpose
+    seed: int
+    image_size: int = Field(..., ge=16)
+    train_per_category: int = Field(..., ge=1)
+    val_per_category: int = Field(..., ge=1)
+    noise: float = Field(..., ge=0.0, le=0.5)  # pixel noise std in [0,1] units: mild on purpose
 
 
 class DataParams(Section):
-    source: str = "embedded"  # "embedded" (paths.raw) or the root of a Places365-Standard copy
-    image_size: int = Field(64, ge=8)  # images are resized (shorter side) and center-cropped to this
-    shard_max_count: int = Field(1000, ge=1)  # images per tar shard
-    min_train_shards: int = Field(2, ge=1)  # >= dataloader workers, so no worker starves
-    limit_train: int | None = Field(None, ge=1)  # take the first N of the train list (None: all)
-    limit_val: int | None = Field(None, ge=1)
+    source: str  # "embedded" (paths.raw) or the root of a Places365-Standard copy
+    image_size: int = Field(..., ge=8)  # images are resized (shorter side) and center-cropped to this
+    shard_max_count: int = Field(..., ge=1)  # images per tar shard
+    min_train_shards: int = Field(..., ge=1)  # >= dataloader workers, so no worker starves
+    limit_train: int | None = Field(..., ge=1)  # take the first N of the train list (None: all)
+    limit_val: int | None = Field(..., ge=1)
 
 
 class VQGANParams(Section):
-    seed: int = 0
-    ch: int = Field(32, ge=32)  # base channels; multiples of 32 (GroupNorm with 32 groups)
-    ch_mult: tuple[int, ...] = (1, 1, 2)  # downsampling factor f = 2 ** (len(ch_mult) - 1)
-    num_res_blocks: int = Field(1, ge=1)
-    attn_resolutions: tuple[int, ...] = ()
-    z_channels: int = Field(64, ge=1)
-    embed_dim: int = Field(32, ge=1)  # code vector size
-    n_embed: int = Field(128, ge=2, le=65535)  # codebook size K (tokens are stored as uint16)
-    beta: float = 0.25  # commitment weight
-    steps: int = Field(1500, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    warmup_steps: int = Field(100, ge=0)
-    dead_code_restart_every: int = Field(25, ge=0)  # 0: never re-seed unused codes
-    eval_images: int = Field(256, ge=1)  # val images used for recon metrics
-    checkpoint_every: int = Field(250, ge=1)
-    amp: bool = True  # bf16 autocast (CPU with AVX512-BF16/AMX, or CUDA)
-    num_workers: int = Field(2, ge=0)
+    seed: int
+    ch: int = Field(..., ge=32)  # base channels; multiples of 32 (GroupNorm with 32 groups)
+    ch_mult: tuple[int, ...]  # downsampling factor f = 2 ** (len(ch_mult) - 1)
+    num_res_blocks: int = Field(..., ge=1)
+    attn_resolutions: tuple[int, ...]
+    z_channels: int = Field(..., ge=1)
+    embed_dim: int = Field(..., ge=1)  # code vector size
+    n_embed: int = Field(..., ge=2, le=65535)  # codebook size K (tokens are stored as uint16)
+    beta: float  # commitment weight
+    steps: int = Field(..., ge=1)
+    batch_size: int = Field(..., ge=1)
+    lr: float = Field(..., gt=0)
+    warmup_steps: int = Field(..., ge=0)
+    dead_code_restart_every: int = Field(..., ge=0)  # 0: never re-seed unused codes
+    eval_images: int = Field(..., ge=1)  # val images used for recon metrics
+    checkpoint_every: int = Field(..., ge=1)
+    amp: bool  # bf16 autocast (CPU with AVX512-BF16/AMX, or CUDA)
+    num_workers: int = Field(..., ge=0)
 
     @model_validator(mode="after")
     def _channels(self) -> "VQGANParams":
@@ -76,49 +78,53 @@ class VQGANParams(Section):
 
 
 class TokensParams(Section):
-    batch_size: int = Field(128, ge=1)
-    amp: bool = True  # bf16 encoder; codes are still picked by fp32 distances
+    batch_size: int = Field(..., ge=1)
+    amp: bool  # bf16 encoder; codes are still picked by fp32 distances
 
 
 class TransformerParams(Section):
-    seed: int = 0
-    n_layer: int = Field(4, ge=1)
-    n_head: int = Field(2, ge=1)
-    n_embd: int = Field(128, ge=8)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    train_mask_schedule: str = "cosine"  # MVTM ratio gamma(r), r ~ U(0,1) ...
-    fixed_mask_ratio: float | None = Field(None, gt=0.0, le=1.0)  # ... or a fixed ratio (the seed experiment's 0.3)
-    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    steps: int = Field(2000, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    min_lr: float = Field(1e-4, ge=0)
-    warmup_steps: int = Field(100, ge=0)
-    weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.96)
-    eval_every: int = Field(250, ge=1)
-    eval_mask_ratio: float = Field(0.5, gt=0.0, le=1.0)  # val accuracy is reported at this ratio
-    checkpoint_every: int = Field(250, ge=1)
-    amp: bool = True
+    seed: int
+    n_layer: int = Field(..., ge=1)
+    n_head: int = Field(..., ge=1)
+    n_embd: int = Field(..., ge=8)
+    dropout: float = Field(..., ge=0.0, lt=1.0)
+    train_mask_schedule: str  # MVTM ratio gamma(r), r ~ U(0,1) ...
+    fixed_mask_ratio: float | None = Field(..., gt=0.0, le=1.0)  # ... or a fixed ratio (the seed experiment's 0.3)
+    label_smoothing: float = Field(..., ge=0.0, lt=1.0)
+    steps: int = Field(..., ge=1)
+    batch_size: int = Field(..., ge=1)
+    lr: float = Field(..., gt=0)
+    min_lr: float = Field(..., ge=0)
+    warmup_steps: int = Field(..., ge=0)
+    weight_decay: float = Field(..., ge=0)
+    betas: tuple[float, float]
+    eval_every: int = Field(..., ge=1)
+    eval_mask_ratio: float = Field(..., gt=0.0, le=1.0)  # val accuracy is reported at this ratio
+    checkpoint_every: int = Field(..., ge=1)
+    amp: bool
 
     @model_validator(mode="after")
     def _heads(self) -> "TransformerParams":
+        from maskgit_inpaint.sampling import SCHEDULES
+
+        if self.train_mask_schedule not in SCHEDULES:
+            raise ValueError(f"unknown train_mask_schedule {self.train_mask_schedule!r}; choose from {sorted(SCHEDULES)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         return self
 
 
 class EvalParams(Section):
-    seed: int = 0
-    num_images: int = Field(200, ge=1)  # first N val images
-    batch_size: int = Field(100, ge=1)
-    mask: Literal["center"] = "center"
-    schedules: tuple[str, ...] = ("linear", "cosine", "square")
+    seed: int
+    num_images: int = Field(..., ge=1)  # first N val images
+    batch_size: int = Field(..., ge=1)
+    mask: Literal["center"]
+    schedules: tuple[str, ...]
     T: tuple[int, ...] = (4, 8, 12)
-    sweet_spots: tuple[int, ...] = (1, 2, 4, 6, 8, 12)
-    temperature: float = Field(4.5, ge=0.0)  # choice temperature of the Gumbel confidence noise
-    feather: int = Field(2, ge=0)  # pixels of blend at the mask boundary
-    sample_images: int = Field(8, ge=1)  # images in the sample strip
+    sweet_spots: tuple[int, ...]
+    temperature: float = Field(..., ge=0.0)  # choice temperature of the Gumbel confidence noise
+    feather: int = Field(..., ge=0)  # pixels of blend at the mask boundary
+    sample_images: int = Field(..., ge=1)  # images in the sample strip
 
     @model_validator(mode="after")
     def _grid(self) -> "EvalParams":
@@ -134,12 +140,12 @@ class EvalParams(Section):
 
 class Params(Section):
     paths: PathsParams
-    sample: SampleParams = SampleParams()
-    data: DataParams = DataParams()
-    vqgan: VQGANParams = VQGANParams()
-    tokens: TokensParams = TokensParams()
-    transformer: TransformerParams = TransformerParams()
-    eval: EvalParams = EvalParams()
+    sample: SampleParams
+    data: DataParams
+    vqgan: VQGANParams
+    tokens: TokensParams
+    transformer: TransformerParams
+    eval: EvalParams
 
 
 class ParamsError(ValueError):

@@ -16,7 +16,8 @@ def heatmap(df: pd.DataFrame, metric: str) -> Figure:
     """One panel per T: rows = schedules, columns = sweet spots, cells annotated with the value."""
     decoded = df[df.method == "maskgit"]
     Ts = sorted(decoded["T"].dropna().unique())
-    fig, axes = plt.subplots(1, len(Ts), figsize=(2.2 + 0.9 * decoded.sweet_spot.nunique() * len(Ts), 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(Ts), figsize=(2.2 + 0.9 * decoded.sweet_spot.nunique() * len(Ts), 3.0),
+                             squeeze=False, layout="constrained")
     vmin, vmax = decoded[metric].min(), decoded[metric].max()
     for ax, T in zip(axes[0], Ts):
         grid = decoded[decoded["T"] == T].pivot(index="schedule", columns="sweet_spot", values=metric)
@@ -27,7 +28,7 @@ def heatmap(df: pd.DataFrame, metric: str) -> Figure:
         ax.set_title(f"T = {T}")
         for (i, j), value in np.ndenumerate(grid.to_numpy(dtype=float)):
             if np.isfinite(value):
-                ax.text(j, i, f"{value:.3g}", ha="center", va="center", color="white", fontsize=8)
+                ax.text(j, i, f"{value:.4g}", ha="center", va="center", color="white", fontsize=8)
     fig.colorbar(image, ax=axes[0].tolist(), label=metric)
     fig.suptitle(f"{metric} by schedule x sweet spot (mask: {', '.join(decoded['mask'].unique())})", fontsize=10)
     return fig

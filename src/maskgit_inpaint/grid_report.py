@@ -16,6 +16,7 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
     rows = [baseline] + [row for t in trajectories.values() for row in t.rows]
     df = evaluation.table(rows)
     best = evaluation.best_cell(df)
+    readable = df.astype(object).where(df.notna(), None)  # NA -> None: blank in markdown, null in json
     heatmaps = {m: figures.heatmap(df, m) for m in HEATMAP_METRICS}
     inputs, originals = evaluation.masked_inputs(spec)
     top_T = max(p.T)
@@ -24,14 +25,14 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
     with atomic_dir(paths.results) as out:
         df.to_csv(out / "grid.csv", index=False)
         df.to_parquet(out / "grid.parquet", index=False)
-        (out / "grid.md").write_text(df.to_markdown(index=False, floatfmt=".4g") + "\n")
+        (out / "grid.md").write_text(readable.to_markdown(index=False, floatfmt=".4g") + "\n")
         for metric, fig in heatmaps.items():
             figures.save(fig, out / f"heatmap_{metric}.png")
         figures.save(strip, out / "samples.png")
         with tracking.run("eval-grid", run_name=f"grid-{spec.fingerprint}", params=p.model_dump(mode="json"),
                           tags={"fingerprint": spec.fingerprint, "vqgan": paths.vqgan.as_posix(), "transformer": paths.transformer.as_posix()}) as parent:
-            tracking.log_child_runs(parent, df.astype(object).where(df.notna(), None).to_dict("records"), CELL_KEYS, evaluation.METRICS)
-            mlflow.log_table(df.astype(object).where(df.notna(), None), artifact_file="grid.json")
+            tracking.log_child_runs(parent, readable.to_dict("records"), CELL_KEYS, evaluation.METRICS)
+            mlflow.log_table(readable, artifact_file="grid.json")
             mlflow.log_artifacts(str(out), artifact_path="results")
             mlflow.log_metrics({f"best_{k}": best[k] for k in evaluation.METRICS})
     baseline_summary = {k: baseline[k] for k in evaluation.METRICS}

@@ -6,6 +6,7 @@ DVC), artifacts beside it in `mlartifacts/`. `MLFLOW_TRACKING_URI` overrides.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import time
@@ -17,6 +18,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import mlflow  # noqa: E402  (telemetry must be off before import)
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter in stage output
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACTS = "mlartifacts"

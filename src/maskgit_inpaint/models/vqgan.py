@@ -105,6 +105,15 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def _level(stage: nn.Module, h: torch.Tensor, resample: str) -> torch.Tensor:
+    """One resolution level: resnet blocks, each followed by attention where the level has it, then resampling."""
+    for i, block in enumerate(stage.block):
+        h = block(h)
+        if len(stage.attn) > 0:
+            h = stage.attn[i](h)
+    return getattr(stage, resample)(h) if hasattr(stage, resample) else h
+
+
 class Encoder(nn.Module):
     def __init__(self, c: VQGANConfig):
         super().__init__()
@@ -136,12 +145,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)  # (B, ch, H, W)
         for stage in self.down:
-            for i, block in enumerate(stage.block):
-                h = block(h)
-                if len(stage.attn) > 0:
-                    h = stage.attn[i](h)
-            if hasattr(stage, "downsample"):
-                h = stage.downsample(h)
+            h = _level(stage, h, "downsample")
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))  # (B, C, H/f, W/f)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, z, H/f, W/f)
 
@@ -180,12 +184,7 @@ class Decoder(nn.Module):
         h = self.conv_in(z)  # (B, C, h, w)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
         for stage in reversed(self.up):
-            for i, block in enumerate(stage.block):
-                h = block(h)
-                if len(stage.attn) > 0:
-                    h = stage.attn[i](h)
-            if hasattr(stage, "upsample"):
-                h = stage.upsample(h)
+            h = _level(stage, h, "upsample")
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W)
 
 
