@@ -1,19 +1,25 @@
 """The real chain under real DVC, on the tiny profile, in a throwaway copy of the repo."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from conftest import ROOT, write_tiny_params
 
 
+def _env(cwd):
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
+
+
 def _run(args, cwd):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    done = subprocess.run(args, cwd=cwd, env=_env(cwd), capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -23,20 +29,24 @@ def _commit(repo, message):
     _run(["git", "commit", "-q", "-m", message], repo)
 
 
-def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
+def _repo(path, **section_updates):
+    """A git + DVC repo with this project's code, dvc.yaml and the tiny params."""
+    path.mkdir()
     for name in ("src", "stages", "flows"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    write_tiny_params(repo / "params.yaml")
-    _run(["git", "init", "-q"], repo)
-    _run(["git", "config", "user.name", "test"], repo)  # `dvc exp run` commits
-    _run(["git", "config", "user.email", "test@example.com"], repo)
-    _run(["dvc", "init", "-q"], repo)
-    _commit(repo, "project")
+        shutil.copy(ROOT / name, path / name)
+    write_tiny_params(path / "params.yaml", **section_updates)
+    _run(["git", "init", "-q"], path)
+    _run(["git", "config", "user.name", "test"], path)  # `dvc exp run` commits
+    _run(["git", "config", "user.email", "test@example.com"], path)
+    _run(["dvc", "init", "-q"], path)
+    _commit(path, "project")
+    return path
 
+
+def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
+    repo = _repo(tmp_path / "repo")
     out = _run(["dvc", "repro"], repo)
     for stage in ("sample", "shard", "finetune_vqgan", "extract_tokens", "train_transformer", "eval_grid"):
         assert f"Running stage '{stage}'" in out
@@ -51,3 +61,22 @@ def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
     assert "Running stage 'eval_grid'" in out
     assert "Running stage 'train_transformer'" not in out and "Running stage 'finetune_vqgan'" not in out
     assert set(pd.read_csv(repo / "results/grid.csv")["T"].dropna()) == {2}
+
+
+@pytest.mark.slow
+def test_killed_dvc_repro_resumes_the_tokenizer(tmp_path):
+    repo = _repo(tmp_path / "repo", vqgan={"steps": 150, "checkpoint_every": 10})
+    proc = subprocess.Popen(["dvc", "repro", "finetune_vqgan"], cwd=repo, env=_env(repo),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state = repo / "checkpoints/vqgan.pt"
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc and its stage process, as a closed laptop lid would
+    proc.wait()
+    assert state.exists(), "the stage finished before its first checkpoint"
+    assert not (repo / "models/vqgan").exists()
+
+    out = _run(["dvc", "repro", "finetune_vqgan"], repo)
+    assert "Running stage 'finetune_vqgan'" in out and "resuming from checkpoints/vqgan.pt" in out
+    assert (repo / "models/vqgan/model.safetensors").exists() and not state.exists()
