@@ -87,3 +87,15 @@ def test_atomic_dir_leaves_the_old_out_when_killed(tmp_path):
             raise RuntimeError("killed")
     assert (out / "a.txt").read_text() == "complete"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_exif_rotated_photographs_are_stored_upright(tmp_path):
+    img = Image.new("RGB", (32, 32), (0, 0, 0))
+    img.paste((255, 0, 0), (0, 0, 32, 8))  # red band on top as stored
+    exif = Image.Exif()
+    exif[shards.ORIENTATION] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "phone.jpg"
+    img.save(path, exif=exif, quality=95)
+    data, ext = shards.prepare_image(path, 32)
+    upright = np.asarray(Image.open(io.BytesIO(data)))
+    assert ext == "png" and upright[16, 28, 0] > 200 and upright[2, 16, 0] < 50  # the band is now on the right

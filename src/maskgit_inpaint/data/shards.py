@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from maskgit_inpaint.data import places365
 from maskgit_inpaint.io import read_json
 
 MANIFEST = "manifest.json"
+ORIENTATION = 0x0112  # EXIF tag: how the camera was held
 SPLITS = ("train", "val")
 
 
@@ -29,33 +30,40 @@ class RejectedImage(ValueError):
     """An input image that cannot be used; the message is the reason."""
 
 
+def fit(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to `size` and center-crop to size x size."""
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
 def prepare_image(path: Path, size: int) -> tuple[bytes, str]:
     """Image file -> (encoded bytes, extension) of an RGB size x size image.
 
-    A JPEG already at the right size and mode passes through byte for byte (no
-    re-encoding loss); anything else is resized (shorter side), center-cropped and
-    stored as lossless PNG.
+    A JPEG already upright, RGB and at the right size passes through byte for byte
+    (no re-encoding loss); anything else is turned upright (EXIF orientation),
+    converted to RGB, fitted to size x size and stored as lossless PNG.
     """
     try:
         raw = path.read_bytes()
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
-            if img.format == "JPEG" and img.mode == "RGB" and img.size == (size, size):
+            upright = img.getexif().get(ORIENTATION, 1) == 1
+            if img.format == "JPEG" and img.mode == "RGB" and img.size == (size, size) and upright:
                 return raw, "jpg"
-            img = img.convert("RGB")
+            img = ImageOps.exif_transpose(img).convert("RGB")
     except FileNotFoundError as err:
         raise RejectedImage("file listed but missing") from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except UnidentifiedImageError as err:
+        raise RejectedImage("cannot decode: not an image format PIL reads") from err
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise RejectedImage(f"cannot decode: {err}") from err
-    w, h = img.size
-    if min(w, h) < 1:
-        raise RejectedImage(f"empty image {w}x{h}")
-    scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    left, top = (img.width - size) // 2, (img.height - size) // 2
-    img = img.crop((left, top, left + size, top + size))
+    if min(img.size) < 1:
+        raise RejectedImage(f"empty image {img.size}")
     buffer = io.BytesIO()
-    img.save(buffer, format="PNG")
+    fit(img, size).save(buffer, format="PNG")
     return buffer.getvalue(), "png"
 
 
