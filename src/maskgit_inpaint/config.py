@@ -119,9 +119,9 @@ class EvalParams(Section):
     num_images: int = Field(..., ge=1)  # first N val images
     batch_size: int = Field(..., ge=1)
     mask: Literal["center"]
-    schedules: tuple[str, ...]
-    T: tuple[int, ...] = (4, 8, 12)
-    sweet_spots: tuple[int, ...]
+    schedules: tuple[str, ...] = Field(..., min_length=1)  # mask schedules gamma to decode with
+    T: tuple[int, ...] = Field(..., min_length=1)  # total decoding steps, one trajectory each per schedule
+    sweet_spots: tuple[int, ...] = Field(..., min_length=1)  # stop at step k of T (k <= T; k = T is always added)
     temperature: float = Field(..., ge=0.0)  # choice temperature of the Gumbel confidence noise
     feather: int = Field(..., ge=0)  # pixels of blend at the mask boundary
     sample_images: int = Field(..., ge=1)  # images in the sample strip
@@ -135,6 +135,8 @@ class EvalParams(Section):
             raise ValueError(f"unknown schedules {unknown}; choose from {sorted(SCHEDULES)}")
         if min(self.T) < 1 or min(self.sweet_spots) < 1:
             raise ValueError("T and sweet_spots must be >= 1")
+        if self.sample_images > min(self.batch_size, self.num_images):
+            raise ValueError(f"sample_images ({self.sample_images}) must not exceed batch_size and num_images")
         return self
 
 
