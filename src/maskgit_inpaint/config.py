@@ -8,7 +8,7 @@ templating, so no path is written twice.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -152,9 +152,6 @@ class Params(Section):
 
 class ParamsError(ValueError):
     """params.yaml is missing, unreadable or invalid; the message names file, key and fix."""
-
-
-S = TypeVar("S", bound=Section)
 
 
 def load(path: Path | str = DEFAULT_PARAMS) -> Params:
