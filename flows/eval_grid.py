@@ -26,9 +26,9 @@ def trajectory(spec: evaluation.GridSpec, schedule: str, T: int, sweet_spots: tu
     return evaluation.run_trajectory(spec, schedule, T, sweet_spots)
 
 
-@task(name="vqgan-recon", retries=2, retry_delay_seconds=5, cache_policy=INPUTS, persist_result=True)
-def vqgan_recon(spec: evaluation.GridSpec) -> dict:
-    return evaluation.vqgan_recon_row(spec)
+@task(name="vq-ceiling", retries=2, retry_delay_seconds=5, cache_policy=INPUTS, persist_result=True)
+def vq_ceiling(spec: evaluation.GridSpec) -> dict:
+    return evaluation.vq_ceiling_row(spec)
 
 
 # One trajectory at a time: each already uses every core (or the GPU), and timings
@@ -47,6 +47,6 @@ def eval_grid(
     spec = evaluation.spec_for(params.paths, p)
     plan = [(s, t, tuple(k for k in p.sweet_spots if k <= t)) for s in p.schedules for t in p.T]
     futures = trajectory.map(unmapped(spec), [s for s, _, _ in plan], [t for _, t, _ in plan], [k for _, _, k in plan])
-    baseline = vqgan_recon.submit(spec)
+    baseline = vq_ceiling.submit(spec)
     results = {(s, t): f.result() for (s, t, _), f in zip(plan, futures)}
     return grid_report.publish(params.paths, p, spec, results, baseline.result())

@@ -15,18 +15,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from maskgit_inpaint import masks, metrics, runtime, sampling
+from maskgit_inpaint import masks, metrics, runtime, sampling, swd
 from maskgit_inpaint.data import shards
 from maskgit_inpaint.data import tokens as token_store
 from maskgit_inpaint.models.checkpoint import WEIGHTS
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer
 from maskgit_inpaint.models.vqgan import VQGAN
 
-COLUMNS = ["method", "schedule", "T", "sweet_spot", "mask", "n_images", "psnr", "psnr_masked", "ssim", "ssim_masked", "seconds_per_image", "status"]
-QUALITY = ["psnr", "psnr_masked", "ssim", "ssim_masked"]
-METRICS = QUALITY + ["seconds_per_image"]
+COLUMNS = ["method", "schedule", "T", "sweet_spot", "mask", "n_images", "psnr", "psnr_masked", "ssim", "ssim_masked",
+           "swd", "swd_masked", "seconds_per_image", "status"]
+QUALITY = ["psnr", "psnr_masked", "ssim", "ssim_masked"]  # per-image means
+REALISM = ["swd", "swd_masked"]  # set-level: generated vs real patch distributions
+METRICS = QUALITY + REALISM + ["seconds_per_image"]
 # Sources whose change must invalidate cached grid cells.
-CODE = ("sampling.py", "evaluation.py", "metrics.py", "masks.py")
+CODE = ("sampling.py", "evaluation.py", "metrics.py", "masks.py", "swd.py")
 
 
 @dataclass(frozen=True)
@@ -109,17 +111,33 @@ def _decode_pixels(data: EvalData, ids: torch.Tensor) -> torch.Tensor:
         return data.vqgan.decode_indices(ids.view(len(ids), h, h)).float()
 
 
-def _score(pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {
-        "psnr": metrics.psnr(pred, target), "psnr_masked": metrics.psnr(pred, target, pixel_mask),
-        "ssim": metrics.ssim(pred, target), "ssim_masked": metrics.ssim(pred, target, pixel_mask),
-    }
+class CellScores:
+    """Accumulates one cell's metrics over batches: per-image fidelity, set-level realism."""
+
+    def __init__(self, seed: int):
+        self.fidelity: dict[str, list[torch.Tensor]] = {m: [] for m in QUALITY}
+        # Same seed in every cell: patches come from the same positions, so cells compare like for like.
+        self.whole, self.masked = swd.PatchSets(seed=seed), swd.PatchSets(seed=seed)
+
+    def add(self, pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor) -> None:
+        values = {
+            "psnr": metrics.psnr(pred, target), "psnr_masked": metrics.psnr(pred, target, pixel_mask),
+            "ssim": metrics.ssim(pred, target), "ssim_masked": metrics.ssim(pred, target, pixel_mask),
+        }
+        for m, v in values.items():
+            self.fidelity[m].append(v.cpu())
+        self.whole.add(pred, target)
+        self.masked.add(pred, target, pixel_mask)
+
+    def result(self) -> dict[str, float]:
+        out = {k: torch.cat(v).mean().item() for k, v in self.fidelity.items()}
+        return {**out, "swd": self.whole.distance(), "swd_masked": self.masked.distance()}
 
 
-def _row(method: str, spec: GridSpec, scores: dict[str, list[torch.Tensor]], seconds: float, n: int, **cell) -> dict:
+def _row(method: str, spec: GridSpec, scores: CellScores, seconds: float, n: int, **cell) -> dict:
     row = {"method": method, "schedule": None, "T": None, "sweet_spot": None, "mask": spec.mask, "n_images": n, **cell}
-    row.update({k: torch.cat(v).mean().item() for k, v in scores.items()})
-    finite = all(np.isfinite(row[k]) for k in scores)
+    row.update(scores.result())
+    finite = all(np.isfinite(row[k]) for k in QUALITY + REALISM)
     return {**row, "seconds_per_image": seconds / n, "status": "ok" if finite else "non-finite metric"}
 
 
@@ -134,7 +152,7 @@ def run_trajectory(spec: GridSpec, schedule: str, T: int, sweet_spots: tuple[int
     data = load_data(spec)
     generator = torch.Generator(data.device).manual_seed(spec.seed)
     ks = sorted(set(sweet_spots) | {T})
-    scores = {k: {m: [] for m in QUALITY} for k in ks}
+    scores = {k: CellScores(spec.seed) for k in ks}
     pixel_seconds = {k: 0.0 for k in ks}
     decode_seconds = 0.0
     samples = []
@@ -151,8 +169,7 @@ def run_trajectory(spec: GridSpec, schedule: str, T: int, sweet_spots: tuple[int
             began = runtime.clock(data.device)
             pred = composite(x, _decode_pixels(data, ids), pm, spec.feather)
             pixel_seconds[k] += runtime.clock(data.device) - began
-            for m, v in _score(pred, x, pm).items():
-                scores[k][m].append(v.cpu())
+            scores[k].add(pred, x, pm)
             if k == T and start == 0:
                 samples = shards.as_uint8(pred[: spec.sample_images])
     # A cell's cost: k of the T transformer passes (measured together) plus its pixel decode.
@@ -163,18 +180,19 @@ def run_trajectory(spec: GridSpec, schedule: str, T: int, sweet_spots: tuple[int
     return Trajectory(rows, samples)
 
 
-def vqgan_recon_row(spec: GridSpec) -> dict:
+def vq_ceiling_row(spec: GridSpec) -> dict:
     """The ceiling of any token predictor: decode the true tokens of every image, composite the same way."""
     data = load_data(spec)
-    scores = {m: [] for m in QUALITY}
-    began = runtime.clock(data.device)
+    scores = CellScores(spec.seed)
+    seconds = 0.0
     for start in range(0, len(data.images), spec.batch_size):
         sl = slice(start, start + spec.batch_size)
         x, pm = data.images[sl].to(data.device), data.pixel_mask[sl].to(data.device)
+        began = runtime.clock(data.device)
         pred = composite(x, _decode_pixels(data, data.tokens[sl].to(data.device)), pm, spec.feather)
-        for m, v in _score(pred, x, pm).items():
-            scores[m].append(v.cpu())
-    return _row("vqgan_recon", spec, scores, runtime.clock(data.device) - began, len(data.images))
+        seconds += runtime.clock(data.device) - began
+        scores.add(pred, x, pm)
+    return _row("vq_ceiling", spec, scores, seconds, len(data.images))
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
@@ -184,9 +202,10 @@ def table(rows: list[dict]) -> pd.DataFrame:
     return df.sort_values(["method", "schedule", "T", "sweet_spot"], na_position="first", ignore_index=True)
 
 
-def best_cell(df: pd.DataFrame, by: str = "psnr_masked") -> dict:
+def best_cell(df: pd.DataFrame, by: str, lower_is_better: bool = False) -> dict:
+    """The decoded cell with the best value of `by`."""
     decoded = df[(df.method == "maskgit") & (df.status == "ok")]
-    best = decoded.loc[decoded[by].idxmax()]
+    best = decoded.loc[decoded[by].idxmin() if lower_is_better else decoded[by].idxmax()]
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()}
 
 

@@ -19,9 +19,11 @@ def heatmap(df: pd.DataFrame, metric: str) -> Figure:
     fig, axes = plt.subplots(1, len(Ts), figsize=(2.2 + 0.9 * decoded.sweet_spot.nunique() * len(Ts), 3.0),
                              squeeze=False, layout="constrained")
     vmin, vmax = decoded[metric].min(), decoded[metric].max()
+    lower_is_better = metric.startswith("swd")
+    cmap = "viridis_r" if lower_is_better else "viridis"  # brighter is always better
     for ax, T in zip(axes[0], Ts):
         grid = decoded[decoded["T"] == T].pivot(index="schedule", columns="sweet_spot", values=metric)
-        image = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+        image = ax.imshow(grid.to_numpy(dtype=float), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
         ax.set_xticks(range(grid.shape[1]), [str(k) for k in grid.columns])
         ax.set_yticks(range(grid.shape[0]), list(grid.index))
         ax.set_xlabel("sweet spot k")
@@ -30,7 +32,8 @@ def heatmap(df: pd.DataFrame, metric: str) -> Figure:
             if np.isfinite(value):
                 ax.text(j, i, f"{value:.4g}", ha="center", va="center", color="white", fontsize=8)
     fig.colorbar(image, ax=axes[0].tolist(), label=metric)
-    fig.suptitle(f"{metric} by schedule x sweet spot (mask: {', '.join(decoded['mask'].unique())})", fontsize=10)
+    better = "lower" if lower_is_better else "higher"
+    fig.suptitle(f"{metric} ({better} is better) by schedule x sweet spot (mask: {', '.join(decoded['mask'].unique())})", fontsize=10)
     return fig
 
 
