@@ -15,20 +15,28 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow, task, unmapped  # noqa: E402
-from prefect.cache_policies import INPUTS  # noqa: E402
+from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from maskgit_inpaint import config, evaluation, grid_report  # noqa: E402
 
+# Keyed by the task's inputs and its source: tasks that take the same GridSpec must not share entries.
+CELL_CACHE = INPUTS + TASK_SOURCE
 
-@task(name="trajectory", retries=2, retry_delay_seconds=5, cache_policy=INPUTS, persist_result=True)
+
+@task(name="trajectory", retries=2, retry_delay_seconds=5, cache_policy=CELL_CACHE, persist_result=True)
 def trajectory(spec: evaluation.GridSpec, schedule: str, T: int, sweet_spots: tuple[int, ...]) -> evaluation.Trajectory:
     return evaluation.run_trajectory(spec, schedule, T, sweet_spots)
 
 
-@task(name="vq-ceiling", retries=2, retry_delay_seconds=5, cache_policy=INPUTS, persist_result=True)
+@task(name="vq-ceiling", retries=2, retry_delay_seconds=5, cache_policy=CELL_CACHE, persist_result=True)
 def vq_ceiling(spec: evaluation.GridSpec) -> dict:
     return evaluation.vq_ceiling_row(spec)
+
+
+@task(name="telea", retries=2, retry_delay_seconds=5, cache_policy=CELL_CACHE, persist_result=True)
+def telea(spec: evaluation.GridSpec) -> dict:
+    return evaluation.telea_row(spec)
 
 
 # One trajectory at a time: each already uses every core (or the GPU), and timings
@@ -47,6 +55,6 @@ def eval_grid(
     spec = evaluation.spec_for(params.paths, p)
     plan = [(s, t, tuple(k for k in p.sweet_spots if k <= t)) for s in p.schedules for t in p.T]
     futures = trajectory.map(unmapped(spec), [s for s, _, _ in plan], [t for _, t, _ in plan], [k for _, _, k in plan])
-    baseline = vq_ceiling.submit(spec)
+    baselines = [vq_ceiling.submit(spec), telea.submit(spec)]
     results = {(s, t): f.result() for (s, t, _), f in zip(plan, futures)}
-    return grid_report.publish(params.paths, p, spec, results, baseline.result())
+    return grid_report.publish(params.paths, p, spec, results, [b.result() for b in baselines])

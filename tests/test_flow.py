@@ -39,7 +39,7 @@ def test_eval_grid_flow_tables_tracks_and_caches(prefect_server, grid_project, m
     assert set(zip(decoded.schedule, decoded["T"], decoded.sweet_spot)) == expected
     assert len(decoded) == len(expected)
     assert (df.status == "ok").all() and df[evaluation.METRICS].notna().all().all()
-    assert (df["mask"] == "center").all() and set(df.method) == {"maskgit", "vq_ceiling"}
+    assert (df["mask"] == "center").all() and set(df.method) == {"maskgit", "vq_ceiling", "telea"}
     # Masked-region PSNR can only be lower than whole-image PSNR: known pixels are copied back.
     assert (df.psnr_masked <= df.psnr + 1e-6).all()
     assert (df[["swd", "swd_masked"]] > 0).all().all()  # realism: generated vs real patch sets never coincide here
@@ -53,7 +53,7 @@ def test_eval_grid_flow_tables_tracks_and_caches(prefect_server, grid_project, m
     parent_id = parents.run_id[0]
     children = mlflow.search_runs(experiment_names=["eval-grid"], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
     assert len(children) == len(df)
-    assert set(children["params.method"]) == {"maskgit", "vq_ceiling"}
+    assert set(children["params.method"]) == {"maskgit", "vq_ceiling", "telea"}
     assert children["metrics.psnr_masked"].max() == pytest.approx(df.psnr_masked.max())
 
     # A second run with one more T decodes only the new trajectories; the rest come from the cache.

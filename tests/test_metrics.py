@@ -30,3 +30,13 @@ def test_composite_keeps_known_pixels_and_feathers_the_edge():
     out = evaluation.composite(original, generated, hole, feather=2)
     assert torch.all(out[hole.expand_as(out)] == 1)
     assert out[0, 0, 0, 0] == 0 and 0 < out[0, 0, 3, 8] < 1  # a corner is untouched; the ring next to the hole blends
+
+
+def test_telea_fills_a_smooth_gradient_and_keeps_known_pixels():
+    ramp = torch.linspace(-0.8, 0.8, 32)[None, None, None, :].expand(2, 3, 32, 32).contiguous()
+    hole = masks.center_box(2, 32)
+    filled = evaluation.telea_fill(torch.where(hole, torch.ones_like(ramp), ramp), hole)
+    assert torch.allclose(filled[~hole.expand_as(filled)], ramp[~hole.expand_as(ramp)], atol=1 / 127)
+    flat = torch.where(hole, torch.zeros_like(ramp), ramp)  # the hole filled with the image's mean
+    # Telea propagates the ramp into the hole: clearly better than a flat fill.
+    assert (metrics.psnr(filled, ramp, hole) > metrics.psnr(flat, ramp, hole) + 3).all()

@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -193,6 +194,30 @@ def vq_ceiling_row(spec: GridSpec) -> dict:
         seconds += runtime.clock(data.device) - began
         scores.add(pred, x, pm)
     return _row("vq_ceiling", spec, scores, seconds, len(data.images))
+
+
+def telea_fill(images: torch.Tensor, pixel_mask: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """Classical inpainting (OpenCV Telea) of (B, 3, H, W) images in [-1, 1]; known pixels are kept."""
+    filled = [
+        cv2.inpaint(np.ascontiguousarray(img), hole[0].astype(np.uint8) * 255, radius, cv2.INPAINT_TELEA)
+        for img, hole in zip(shards.as_uint8(images), pixel_mask.cpu().numpy())  # OpenCV has no batched call
+    ]
+    return torch.from_numpy(np.stack(filled)).permute(0, 3, 1, 2).float().to(images.device) / 127.5 - 1
+
+
+def telea_row(spec: GridSpec) -> dict:
+    """A baseline without any learning: OpenCV's Telea inpainting of the same holes."""
+    data = load_data(spec)
+    scores = CellScores(spec.seed)
+    seconds = 0.0
+    for start in range(0, len(data.images), spec.batch_size):
+        sl = slice(start, start + spec.batch_size)
+        x, pm = data.images[sl].to(data.device), data.pixel_mask[sl].to(data.device)
+        began = runtime.clock(data.device)
+        pred = telea_fill(x, pm)
+        seconds += runtime.clock(data.device) - began
+        scores.add(pred, x, pm)
+    return _row("telea", spec, scores, seconds, len(data.images))
 
 
 def table(rows: list[dict]) -> pd.DataFrame:

@@ -11,9 +11,10 @@ HEATMAP_METRICS = ("psnr_masked", "ssim_masked", "swd_masked")
 CELL_KEYS = ["method", "schedule", "T", "sweet_spot", "mask"]
 
 
-def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajectories: dict, baseline: dict) -> dict:
+def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajectories: dict, baselines: list[dict]) -> dict:
     """Write results/ and metrics/eval.json, log the parent run with one child per cell; returns the best cell."""
-    rows = [baseline] + [row for t in trajectories.values() for row in t.rows]
+    rows = baselines + [row for t in trajectories.values() for row in t.rows]
+    by_method = {b["method"]: b for b in baselines}
     df = evaluation.table(rows)
     best = evaluation.best_cell(df, "psnr_masked")
     most_realistic = evaluation.best_cell(df, "swd_masked", lower_is_better=True)
@@ -36,12 +37,14 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
             mlflow.log_table(readable, artifact_file="grid.json")
             mlflow.log_artifacts(str(out), artifact_path="results")
             mlflow.log_metrics({f"best_{k}": best[k] for k in evaluation.METRICS})
-    baseline_summary = {k: baseline[k] for k in evaluation.METRICS}
-    write_json(paths.metrics / "eval.json", {"best": best, "most_realistic": most_realistic, "vq_ceiling": baseline_summary, "cells": len(df)})
+    summaries = {method: {k: b[k] for k in evaluation.METRICS} for method, b in by_method.items()}
+    write_json(paths.metrics / "eval.json", {"best": best, "most_realistic": most_realistic, **summaries, "cells": len(df)})
+    ceiling, telea = by_method["vq_ceiling"], by_method["telea"]
     print(
         f"eval_grid: {len(df)} cells over {len(trajectories)} trajectories; best {best['schedule']} T={best['T']} "
         f"k={best['sweet_spot']}: PSNR(masked) {best['psnr_masked']:.2f} dB, SSIM(masked) {best['ssim_masked']:.3f} "
-        f"(VQGAN ceiling {baseline['psnr_masked']:.2f} dB); most realistic {most_realistic['schedule']} T={most_realistic['T']} "
-        f"k={most_realistic['sweet_spot']}: SWD(masked) {most_realistic['swd_masked']:.1f} (ceiling {baseline['swd_masked']:.1f}) -> {paths.results}"
+        f"(Telea {telea['psnr_masked']:.2f}, VQGAN ceiling {ceiling['psnr_masked']:.2f} dB); most realistic {most_realistic['schedule']} "
+        f"T={most_realistic['T']} k={most_realistic['sweet_spot']}: SWD(masked) {most_realistic['swd_masked']:.1f} "
+        f"(Telea {telea['swd_masked']:.1f}, ceiling {ceiling['swd_masked']:.1f}) -> {paths.results}"
     )
     return best
