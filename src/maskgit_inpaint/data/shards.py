@@ -77,7 +77,8 @@ def write_split(entries: list[places365.Entry], out_dir: Path, split: str, image
     rejected = []
     written = 0
     pattern = str(out_dir / f"{split}-%06d.tar")
-    with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0) as sink:
+    # mtime=0: byte-identical tars from identical inputs, so DVC sees an unchanged out after a rerun.
+    with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0, mtime=0) as sink:
         for entry in tqdm(entries, desc=f"shard {split}", unit="img", leave=False):
             try:
                 data, ext = prepare_image(entry.path, image_size)
