@@ -181,8 +181,8 @@ def run_trajectory(spec: GridSpec, schedule: str, T: int, sweet_spots: tuple[int
     return Trajectory(rows, samples)
 
 
-def vq_ceiling_row(spec: GridSpec) -> dict:
-    """The ceiling of any token predictor: decode the true tokens of every image, composite the same way."""
+def _baseline_row(spec: GridSpec, method: str, fill) -> dict:
+    """Score a baseline over the val set; fill(data, slice, images, pixel_mask) -> completed images."""
     data = load_data(spec)
     scores = CellScores(spec.seed)
     seconds = 0.0
@@ -190,10 +190,16 @@ def vq_ceiling_row(spec: GridSpec) -> dict:
         sl = slice(start, start + spec.batch_size)
         x, pm = data.images[sl].to(data.device), data.pixel_mask[sl].to(data.device)
         began = runtime.clock(data.device)
-        pred = composite(x, _decode_pixels(data, data.tokens[sl].to(data.device)), pm, spec.feather)
+        pred = fill(data, sl, x, pm)
         seconds += runtime.clock(data.device) - began
         scores.add(pred, x, pm)
-    return _row("vq_ceiling", spec, scores, seconds, len(data.images))
+    return _row(method, spec, scores, seconds, len(data.images))
+
+
+def vq_ceiling_row(spec: GridSpec) -> dict:
+    """The ceiling of any token predictor: decode the true tokens of every image, composite the same way."""
+    return _baseline_row(spec, "vq_ceiling", lambda data, sl, x, pm: composite(
+        x, _decode_pixels(data, data.tokens[sl].to(data.device)), pm, spec.feather))
 
 
 def telea_fill(images: torch.Tensor, pixel_mask: torch.Tensor, radius: int = 3) -> torch.Tensor:
@@ -207,17 +213,7 @@ def telea_fill(images: torch.Tensor, pixel_mask: torch.Tensor, radius: int = 3) 
 
 def telea_row(spec: GridSpec) -> dict:
     """A baseline without any learning: OpenCV's Telea inpainting of the same holes."""
-    data = load_data(spec)
-    scores = CellScores(spec.seed)
-    seconds = 0.0
-    for start in range(0, len(data.images), spec.batch_size):
-        sl = slice(start, start + spec.batch_size)
-        x, pm = data.images[sl].to(data.device), data.pixel_mask[sl].to(data.device)
-        began = runtime.clock(data.device)
-        pred = telea_fill(x, pm)
-        seconds += runtime.clock(data.device) - began
-        scores.add(pred, x, pm)
-    return _row("telea", spec, scores, seconds, len(data.images))
+    return _baseline_row(spec, "telea", lambda data, sl, x, pm: telea_fill(x, pm))
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
