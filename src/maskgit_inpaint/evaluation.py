@@ -19,6 +19,7 @@ import torch
 from maskgit_inpaint import masks, metrics, runtime, sampling, swd
 from maskgit_inpaint.data import shards
 from maskgit_inpaint.data import tokens as token_store
+from maskgit_inpaint.io import sha256_file
 from maskgit_inpaint.models.checkpoint import WEIGHTS
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer
 from maskgit_inpaint.models.vqgan import VQGAN
@@ -50,18 +51,10 @@ class GridSpec:
     sample_images: int
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fingerprint(vqgan_dir: Path, transformer_dir: Path, tokens_dir: Path) -> str:
     here = Path(__file__).parent
-    parts = [_sha256(Path(vqgan_dir) / WEIGHTS), _sha256(Path(transformer_dir) / WEIGHTS), _sha256(Path(tokens_dir) / "val.npy")]
-    parts += [_sha256(here / name) for name in CODE]
+    parts = [sha256_file(Path(vqgan_dir) / WEIGHTS), sha256_file(Path(transformer_dir) / WEIGHTS), sha256_file(Path(tokens_dir) / "val.npy")]
+    parts += [sha256_file(here / name) for name in CODE]
     return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -59,3 +60,12 @@ def read_json(path: Path | str, made_by: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run `dvc repro {made_by}` first")
     return json.loads(path.read_text())
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex digest of a file, read in 1 MiB chunks (shards and weights can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -6,7 +6,6 @@ reason; they never end the run.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from maskgit_inpaint.data import places365
-from maskgit_inpaint.io import read_json
+from maskgit_inpaint.io import read_json, sha256_file
 
 MANIFEST = "manifest.json"
 ORIENTATION = 0x0112  # EXIF tag: how the camera was held
@@ -67,10 +66,6 @@ def prepare_image(path: Path, size: int) -> tuple[bytes, str]:
     return buffer.getvalue(), "png"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_split(entries: list[places365.Entry], out_dir: Path, split: str, image_size: int, max_count: int, min_shards: int) -> dict:
     """Write one split's shards into out_dir; returns its manifest section."""
     per_shard = max(1, min(max_count, math.ceil(len(entries) / min_shards)))
@@ -91,7 +86,7 @@ def write_split(entries: list[places365.Entry], out_dir: Path, split: str, image
     return {
         "count": written,
         "rejected": rejected,
-        "shards": [{"name": p.name, "sha256": _sha256(p)} for p in shards],
+        "shards": [{"name": p.name, "sha256": sha256_file(p)} for p in shards],
     }
 
 
