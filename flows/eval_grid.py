@@ -1,7 +1,9 @@
-"""Prefect flow `eval-grid`: one task per decoding trajectory (schedule, T), mapped.
+"""Prefect flow `eval-grid`: one task per decoding trajectory (mask, schedule, T), mapped.
 
 Cells are cached by their inputs (the GridSpec carries the model/token/code
-fingerprint), so a re-run with more T values decodes only the new trajectories.
+fingerprint and the mask seed), so a re-run with more T values decodes only the
+new trajectories. A trajectory that still fails after its retries is marked in
+the table while the others finish.
 The DVC stage `eval_grid` calls this flow in-process; `flows/serve.py` serves it
 as deployment `eval-grid/default`.
 """
@@ -25,18 +27,18 @@ CELL_CACHE = INPUTS + TASK_SOURCE
 
 
 @task(name="trajectory", retries=2, retry_delay_seconds=5, cache_policy=CELL_CACHE, persist_result=True)
-def trajectory(spec: evaluation.GridSpec, schedule: str, T: int, sweet_spots: tuple[int, ...]) -> evaluation.Trajectory:
-    return evaluation.run_trajectory(spec, schedule, T, sweet_spots)
+def trajectory(spec: evaluation.GridSpec, mask: str, schedule: str, T: int, sweet_spots: tuple[int, ...]) -> evaluation.Trajectory:
+    return evaluation.run_trajectory(spec, mask, schedule, T, sweet_spots)
 
 
 @task(name="vq-ceiling", retries=2, retry_delay_seconds=5, cache_policy=CELL_CACHE, persist_result=True)
-def vq_ceiling(spec: evaluation.GridSpec) -> dict:
-    return evaluation.vq_ceiling_row(spec)
+def vq_ceiling(spec: evaluation.GridSpec, mask: str) -> dict:
+    return evaluation.vq_ceiling_row(spec, mask)
 
 
 @task(name="telea", retries=2, retry_delay_seconds=5, cache_policy=CELL_CACHE, persist_result=True)
-def telea(spec: evaluation.GridSpec) -> dict:
-    return evaluation.telea_row(spec)
+def telea(spec: evaluation.GridSpec, mask: str) -> dict:
+    return evaluation.telea_row(spec, mask)
 
 
 # One trajectory at a time: each already uses every core (or the GPU), and timings
@@ -44,17 +46,24 @@ def telea(spec: evaluation.GridSpec) -> dict:
 @flow(name="eval-grid", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
 def eval_grid(
     params_file: str = str(config.DEFAULT_PARAMS),
+    masks: list[str] | None = None,
     schedules: list[str] | None = None,
     T: list[int] | None = None,
     sweet_spots: list[int] | None = None,
 ) -> dict:
-    """Run the grid of params.yaml's `eval` section (optionally overriding its axes); returns the best cell."""
+    """Run the grid of params.yaml's `eval` section (optionally overriding its axes); returns the best cells."""
     params = config.load(params_file)
-    overrides = {k: tuple(v) for k, v in {"schedules": schedules, "T": T, "sweet_spots": sweet_spots}.items() if v}
+    overrides = {k: tuple(v) for k, v in {"masks": masks, "schedules": schedules, "T": T, "sweet_spots": sweet_spots}.items() if v}
     p = config.EvalParams.model_validate({**params.eval.model_dump(), **overrides})
     spec = evaluation.spec_for(params.paths, p)
-    plan = [(s, t, tuple(k for k in p.sweet_spots if k <= t)) for s in p.schedules for t in p.T]
-    futures = trajectory.map(unmapped(spec), [s for s, _, _ in plan], [t for _, t, _ in plan], [k for _, _, k in plan])
-    baselines = [vq_ceiling.submit(spec), telea.submit(spec)]
-    results = {(s, t): f.result() for (s, t, _), f in zip(plan, futures)}
-    return grid_report.publish(params.paths, p, spec, results, [b.result() for b in baselines])
+    plan = [(m, s, t, tuple(k for k in p.sweet_spots if k <= t)) for m in p.masks for s in p.schedules for t in p.T]
+    futures = trajectory.map(unmapped(spec), *(list(axis) for axis in zip(*plan)))
+    baselines = [task_.submit(spec, m) for m in p.masks for task_ in (vq_ceiling, telea)]
+    trajectories, failed = {}, []
+    for (m, s, t, ks), future in zip(plan, futures):
+        try:
+            trajectories[(m, s, t)] = future.result()
+        except Exception as error:  # noqa: BLE001 - any failure of one cell is recorded, the grid goes on
+            print(f"eval-grid: trajectory mask={m} schedule={s} T={t} failed after retries: {error!r}")
+            failed += evaluation.failed_rows(m, s, t, ks, error)
+    return grid_report.publish(params.paths, p, spec, trajectories, [b.result() for b in baselines], failed)

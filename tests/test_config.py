@@ -37,11 +37,12 @@ def test_inconsistent_values_are_rejected(tmp_path):
     raw = yaml.safe_load(write_tiny_params(tmp_path / "tiny.yaml").read_text())
     raw["transformer"].update(n_embd=30, n_head=4)
     raw["eval"]["schedules"] = ["cosine", "zigzag"]
+    raw["eval"]["masks"] = ["center", "donut"]
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(config.ParamsError) as err:
         config.load(path)
-    assert "divisible by n_head" in str(err.value) and "zigzag" in str(err.value)
+    assert "divisible by n_head" in str(err.value) and "zigzag" in str(err.value) and "donut" in str(err.value)
 
 
 def test_missing_file_says_where_to_run(tmp_path):

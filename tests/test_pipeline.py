@@ -51,7 +51,8 @@ def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
     for stage in ("sample", "shard", "finetune_vqgan", "extract_tokens", "train_transformer", "eval_grid"):
         assert f"Running stage '{stage}'" in out
     grid = pd.read_csv(repo / "results/grid.csv")
-    assert len(grid[grid.method == "maskgit"]) == 10 and grid[["psnr", "ssim"]].notna().all().all()
+    # 2 masks x 2 schedules x (T=1: k 1; T=3: k 1, 2, 3)
+    assert len(grid[grid.method == "maskgit"]) == 16 and grid[["psnr", "ssim"]].notna().all().all()
 
     assert "Data and pipelines are up to date" in _run(["dvc", "repro"], repo)
     assert "eval.json" in _run(["dvc", "metrics", "show"], repo)

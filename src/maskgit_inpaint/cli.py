@@ -31,8 +31,12 @@ def _info(params: config.Params) -> None:
     for name, directory in (("vqgan", paths.vqgan), ("transformer", paths.transformer)):
         path = directory / CONFIG
         print(f"{name}: {json.loads(path.read_text()) if path.is_file() else f'not trained yet ({path} missing)'}")
-    best = paths.metrics / "eval.json"
-    print(f"grid: {json.loads(best.read_text())['best'] if best.is_file() else f'not run yet ({best} missing)'}")
+    grid = paths.metrics / "eval.json"
+    if not grid.is_file():
+        print(f"grid: not run yet ({grid} missing)")
+        return
+    for mask, summary in json.loads(grid.read_text())["masks"].items():
+        print(f"grid [{mask}]: best {summary['best']}")
 
 
 def _inpaint(params: config.Params, args: argparse.Namespace) -> None:

@@ -30,6 +30,7 @@ class PathsParams(Section):
     results: Path  # grid tables and figures
     metrics: Path  # small json/csv files that DVC reads as metrics and plots
     checkpoints: Path  # resumable training state (not a DVC out: survives a killed stage)
+    cache: Path  # recomputable derived data, e.g. FID statistics of the real val images (not a DVC out)
 
 
 class SampleParams(Section):
@@ -118,21 +119,28 @@ class EvalParams(Section):
     seed: int
     num_images: int = Field(..., ge=1)  # first N val images
     batch_size: int = Field(..., ge=1)
-    mask: Literal["center"]
+    masks: tuple[str, ...] = Field(..., min_length=1)  # hole kinds (masks.KINDS), one grid each
     schedules: tuple[str, ...] = Field(..., min_length=1)  # mask schedules gamma to decode with
     T: tuple[int, ...] = Field(..., min_length=1)  # total decoding steps, one trajectory each per schedule
     sweet_spots: tuple[int, ...] = Field(..., min_length=1)  # stop at step k of T (k <= T; k = T is always added)
     temperature: float = Field(..., ge=0.0)  # choice temperature of the Gumbel confidence noise
     feather: int = Field(..., ge=0)  # pixels of blend at the mask boundary
     sample_images: int = Field(..., ge=1)  # images in the sample strip
+    download_weights: bool  # may LPIPS / FID fetch their pretrained backbones into the torch hub cache?
+    fid: bool  # FID column (Inception at 299 px: ~0.5 s per image on a laptop CPU, so off in the embedded profile)
 
     @model_validator(mode="after")
     def _grid(self) -> "EvalParams":
+        from maskgit_inpaint.masks import KINDS
         from maskgit_inpaint.sampling import SCHEDULES
 
-        unknown = [s for s in self.schedules if s not in SCHEDULES]
-        if unknown:
-            raise ValueError(f"unknown schedules {unknown}; choose from {sorted(SCHEDULES)}")
+        problems = []
+        if unknown := [s for s in self.schedules if s not in SCHEDULES]:
+            problems.append(f"unknown schedules {unknown}; choose from {sorted(SCHEDULES)}")
+        if unknown := [m for m in self.masks if m not in KINDS]:
+            problems.append(f"unknown masks {unknown}; choose from {list(KINDS)}")
+        if problems:
+            raise ValueError("; ".join(problems))
         if min(self.T) < 1 or min(self.sweet_spots) < 1:
             raise ValueError("T and sweet_spots must be >= 1")
         if self.sample_images > min(self.batch_size, self.num_images):

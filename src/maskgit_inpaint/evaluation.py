@@ -1,14 +1,14 @@
-"""The evaluation grid: decode trajectories, composite, score, tabulate, draw.
+"""The evaluation grid: decode trajectories, composite, score, tabulate.
 
-One trajectory per (schedule, T) yields every sweet spot k <= T (sampling.decode).
-The val images are tokenized once (the extract_tokens stage) and every cell sees
-the same masks and the same Gumbel noise stream.
+One trajectory per (mask, schedule, T) yields every sweet spot k <= T
+(sampling.decode). The val images are tokenized once (the extract_tokens stage);
+every cell of a mask kind sees the same holes and the same Gumbel noise stream.
 """
 from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from maskgit_inpaint import masks, metrics, runtime, sampling, swd
+from maskgit_inpaint import masks, metrics, perceptual, runtime, sampling, swd
 from maskgit_inpaint.data import shards
 from maskgit_inpaint.data import tokens as token_store
 from maskgit_inpaint.io import sha256_file
@@ -24,31 +24,34 @@ from maskgit_inpaint.models.checkpoint import WEIGHTS
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer
 from maskgit_inpaint.models.vqgan import VQGAN
 
-COLUMNS = ["method", "schedule", "T", "sweet_spot", "mask", "n_images", "psnr", "psnr_masked", "ssim", "ssim_masked",
-           "swd", "swd_masked", "seconds_per_image", "status"]
+COLUMNS = ["method", "mask", "schedule", "T", "sweet_spot", "n_images", "psnr", "psnr_masked", "ssim", "ssim_masked",
+           "swd", "swd_masked", "lpips", "lpips_masked", "fid", "seconds_per_image", "status"]
 QUALITY = ["psnr", "psnr_masked", "ssim", "ssim_masked"]  # per-image means
 REALISM = ["swd", "swd_masked"]  # set-level: generated vs real patch distributions
-METRICS = QUALITY + REALISM + ["seconds_per_image"]
+PERCEPTUAL = ["lpips", "lpips_masked", "fid"]  # need pretrained backbones: NaN where unavailable
+METRICS = QUALITY + REALISM + PERCEPTUAL + ["seconds_per_image"]
 # Sources whose change must invalidate cached grid cells.
-CODE = ("sampling.py", "evaluation.py", "metrics.py", "masks.py", "swd.py")
+CODE = ("sampling.py", "evaluation.py", "metrics.py", "masks.py", "swd.py", "perceptual.py")
 
 
 @dataclass(frozen=True)
 class GridSpec:
-    """Everything a grid cell depends on; hashable, so Prefect caches cells by it."""
+    """Everything a grid cell depends on besides its own axes; hashable, so Prefect caches cells by it."""
 
     vqgan_dir: str
     transformer_dir: str
     shards_dir: str
     tokens_dir: str
+    cache_dir: str  # FID statistics of the real val images
     fingerprint: str  # hash of both models' weights, the val tokens and the grid code
     num_images: int
     batch_size: int
-    mask: str
-    seed: int
+    seed: int  # masks, Gumbel noise and SWD patch positions
     temperature: float
     feather: int
     sample_images: int
+    download_weights: bool
+    fid: bool
 
 
 def fingerprint(vqgan_dir: Path, transformer_dir: Path, tokens_dir: Path) -> str:
@@ -64,9 +67,18 @@ class EvalData:
     transformer: MaskedTokenTransformer
     images: torch.Tensor  # (N, 3, H, W) in [-1, 1], val images in shard order
     tokens: torch.Tensor  # (N, h*w) their token ids
-    pixel_mask: torch.Tensor  # (N, 1, H, W) True = missing
-    token_mask: torch.Tensor  # (N, h*w) True = masked token
     device: torch.device
+    lpips: perceptual.Backbone
+    fid: perceptual.Backbone
+    real_moments: tuple[np.ndarray, np.ndarray] | None  # FID statistics of `images`, when FID is available
+    holes: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def masks(self, kind: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel mask (N, 1, H, W), token mask (N, h*w)) of one mask kind, True = missing."""
+        if kind not in self.holes:
+            pixel = masks.make(kind, len(self.images), self.images.shape[-1], seed)
+            self.holes[kind] = pixel, masks.to_token_mask(pixel, self.vqgan.config.downsample)
+        return self.holes[kind]
 
 
 _loaded: dict[GridSpec, EvalData] = {}
@@ -74,7 +86,7 @@ _lock = threading.Lock()
 
 
 def load_data(spec: GridSpec) -> EvalData:
-    """Models, val images, tokens and masks, loaded once per process and spec."""
+    """Models, val images, tokens and metric backbones, loaded once per process and spec."""
     with _lock:
         if spec not in _loaded:
             dev = runtime.setup(spec.seed)
@@ -85,10 +97,16 @@ def load_data(spec: GridSpec) -> EvalData:
             if keys != meta["val_keys"][: len(keys)]:
                 raise ValueError(f"{spec.tokens_dir}: val tokens do not match the val shards; run `dvc repro extract_tokens`")
             tokens = torch.from_numpy(token_store.load(spec.tokens_dir, "val")[: len(keys)].astype(np.int64))
-            pixel_mask = masks.make(spec.mask, len(images), images.shape[-1], spec.seed)
-            token_mask = masks.to_token_mask(pixel_mask, vqgan.config.downsample)
+            lpips_net = perceptual.resolve_lpips(dev, spec.download_weights)
+            fid_net = perceptual.resolve_fid(dev, spec.download_weights) if spec.fid else perceptual.Backbone(None, "off in params (eval.fid: false)")
+            real = None
+            if fid_net.available:
+                key = hashlib.sha256(images.numpy().tobytes()).hexdigest()[:16]  # the val images themselves
+                batches = (images[i:i + spec.batch_size].to(dev) for i in range(0, len(images), spec.batch_size))
+                cache_file = Path(spec.cache_dir) / f"fid_real_{Path(perceptual.INCEPTION_FILE).stem}_{key}.npz"
+                real = perceptual.real_moments(fid_net.network, batches, cache_file)
             _loaded.clear()  # one spec at a time: a new spec means new models
-            _loaded[spec] = EvalData(vqgan, transformer, images, tokens, pixel_mask, token_mask, dev)
+            _loaded[spec] = EvalData(vqgan, transformer, images, tokens, dev, lpips_net, fid_net, real)
         return _loaded[spec]
 
 
@@ -108,55 +126,73 @@ def _decode_pixels(data: EvalData, ids: torch.Tensor) -> torch.Tensor:
 class CellScores:
     """Accumulates one cell's metrics over batches: per-image fidelity, set-level realism."""
 
-    def __init__(self, seed: int):
-        self.fidelity: dict[str, list[torch.Tensor]] = {m: [] for m in QUALITY}
+    def __init__(self, data: EvalData, seed: int):
+        self.data = data
+        self.per_image: dict[str, list[torch.Tensor]] = {m: [] for m in QUALITY + ["lpips", "lpips_masked"]}
         # Same seed in every cell: patches come from the same positions, so cells compare like for like.
         self.whole, self.masked = swd.PatchSets(seed=seed), swd.PatchSets(seed=seed)
+        self.features = perceptual.FeatureStats()
 
     def add(self, pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor) -> None:
         values = {
             "psnr": metrics.psnr(pred, target), "psnr_masked": metrics.psnr(pred, target, pixel_mask),
             "ssim": metrics.ssim(pred, target), "ssim_masked": metrics.ssim(pred, target, pixel_mask),
         }
+        if self.data.lpips.available:
+            values["lpips"] = perceptual.lpips_distance(self.data.lpips.network, pred, target)
+            values["lpips_masked"] = perceptual.lpips_distance(self.data.lpips.network, pred, target, pixel_mask)
+        if self.data.fid.available:
+            self.features.add(self.data.fid.network, pred)
         for m, v in values.items():
-            self.fidelity[m].append(v.cpu())
+            self.per_image[m].append(v.float().cpu())
         self.whole.add(pred, target)
         self.masked.add(pred, target, pixel_mask)
 
     def result(self) -> dict[str, float]:
-        out = {k: torch.cat(v).mean().item() for k, v in self.fidelity.items()}
+        out = {k: (torch.cat(v).nanmean().item() if v else float("nan")) for k, v in self.per_image.items()}
+        out["fid"] = float("nan")
+        if self.data.real_moments is not None:
+            out["fid"] = perceptual.frechet_distance(*self.features.moments(), *self.data.real_moments)
         return {**out, "swd": self.whole.distance(), "swd_masked": self.masked.distance()}
 
 
-def _row(method: str, spec: GridSpec, scores: CellScores, seconds: float, n: int, **cell) -> dict:
-    row = {"method": method, "schedule": None, "T": None, "sweet_spot": None, "mask": spec.mask, "n_images": n, **cell}
+def _row(method: str, mask: str, scores: CellScores, seconds: float, n: int, **cell) -> dict:
+    row = {"method": method, "mask": mask, "schedule": None, "T": None, "sweet_spot": None, "n_images": n, **cell}
     row.update(scores.result())
     finite = all(np.isfinite(row[k]) for k in QUALITY + REALISM)
     return {**row, "seconds_per_image": seconds / n, "status": "ok" if finite else "non-finite metric"}
 
 
+def failed_rows(mask: str, schedule: str, T: int, sweet_spots: tuple[int, ...], error: BaseException) -> list[dict]:
+    """The rows of a trajectory that failed after its retries: no metrics, the error in `status`."""
+    status = f"failed: {type(error).__name__}: {error}"[:300]
+    return [{"method": "maskgit", "mask": mask, "schedule": schedule, "T": T, "sweet_spot": k, "status": status}
+            for k in sorted(set(sweet_spots) | {T})]
+
+
 @dataclass
 class Trajectory:
     rows: list[dict]  # one per sweet spot
-    samples: np.ndarray  # (S, H, W, 3) uint8 composites at k = T for the sample strip
+    samples: dict[int, np.ndarray]  # sweet spot -> (S, H, W, 3) uint8 composites of the first images, for sample strips
 
 
-def run_trajectory(spec: GridSpec, schedule: str, T: int, sweet_spots: tuple[int, ...]) -> Trajectory:
-    """Decode all images once with (schedule, T) and score the result at every sweet spot."""
+def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots: tuple[int, ...]) -> Trajectory:
+    """Decode all images once with (schedule, T) for holes of kind `mask`; score the result at every sweet spot."""
     data = load_data(spec)
+    pixel_mask, token_mask = data.masks(mask, spec.seed)
     generator = torch.Generator(data.device).manual_seed(spec.seed)
     ks = sorted(set(sweet_spots) | {T})
-    scores = {k: CellScores(spec.seed) for k in ks}
+    scores = {k: CellScores(data, spec.seed) for k in ks}
     pixel_seconds = {k: 0.0 for k in ks}
     decode_seconds = 0.0
-    samples = []
+    samples = {}
     n = len(data.images)
     for start in range(0, n, spec.batch_size):
         sl = slice(start, start + spec.batch_size)
-        x, pm = data.images[sl].to(data.device), data.pixel_mask[sl].to(data.device)
+        x, pm = data.images[sl].to(data.device), pixel_mask[sl].to(data.device)
         began = runtime.clock(data.device)
         with runtime.autocast(data.device, True):
-            out = sampling.decode(data.transformer, data.tokens[sl].to(data.device), data.token_mask[sl].to(data.device),
+            out = sampling.decode(data.transformer, data.tokens[sl].to(data.device), token_mask[sl].to(data.device),
                                   schedule, T, ks, spec.temperature, generator)
         decode_seconds += runtime.clock(data.device) - began
         for k, ids in out.items():
@@ -164,34 +200,35 @@ def run_trajectory(spec: GridSpec, schedule: str, T: int, sweet_spots: tuple[int
             pred = composite(x, _decode_pixels(data, ids), pm, spec.feather)
             pixel_seconds[k] += runtime.clock(data.device) - began
             scores[k].add(pred, x, pm)
-            if k == T and start == 0:
-                samples = shards.as_uint8(pred[: spec.sample_images])
+            if start == 0:
+                samples[k] = shards.as_uint8(pred[: spec.sample_images])
     # A cell's cost: k of the T transformer passes (measured together) plus its pixel decode.
     rows = [
-        _row("maskgit", spec, scores[k], decode_seconds * k / T + pixel_seconds[k], n, schedule=schedule, T=T, sweet_spot=k)
+        _row("maskgit", mask, scores[k], decode_seconds * k / T + pixel_seconds[k], n, schedule=schedule, T=T, sweet_spot=k)
         for k in ks
     ]
     return Trajectory(rows, samples)
 
 
-def _baseline_row(spec: GridSpec, method: str, fill) -> dict:
+def _baseline_row(spec: GridSpec, mask: str, method: str, fill) -> dict:
     """Score a baseline over the val set; fill(data, slice, images, pixel_mask) -> completed images."""
     data = load_data(spec)
-    scores = CellScores(spec.seed)
+    pixel_mask, _ = data.masks(mask, spec.seed)
+    scores = CellScores(data, spec.seed)
     seconds = 0.0
     for start in range(0, len(data.images), spec.batch_size):
         sl = slice(start, start + spec.batch_size)
-        x, pm = data.images[sl].to(data.device), data.pixel_mask[sl].to(data.device)
+        x, pm = data.images[sl].to(data.device), pixel_mask[sl].to(data.device)
         began = runtime.clock(data.device)
         pred = fill(data, sl, x, pm)
         seconds += runtime.clock(data.device) - began
         scores.add(pred, x, pm)
-    return _row(method, spec, scores, seconds, len(data.images))
+    return _row(method, mask, scores, seconds, len(data.images))
 
 
-def vq_ceiling_row(spec: GridSpec) -> dict:
+def vq_ceiling_row(spec: GridSpec, mask: str) -> dict:
     """The ceiling of any token predictor: decode the true tokens of every image, composite the same way."""
-    return _baseline_row(spec, "vq_ceiling", lambda data, sl, x, pm: composite(
+    return _baseline_row(spec, mask, "vq_ceiling", lambda data, sl, x, pm: composite(
         x, _decode_pixels(data, data.tokens[sl].to(data.device)), pm, spec.feather))
 
 
@@ -204,37 +241,45 @@ def telea_fill(images: torch.Tensor, pixel_mask: torch.Tensor, radius: int = 3) 
     return torch.from_numpy(np.stack(filled)).permute(0, 3, 1, 2).float().to(images.device) / 127.5 - 1
 
 
-def telea_row(spec: GridSpec) -> dict:
+def telea_row(spec: GridSpec, mask: str) -> dict:
     """A baseline without any learning: OpenCV's Telea inpainting of the same holes."""
-    return _baseline_row(spec, "telea", lambda data, sl, x, pm: telea_fill(x, pm))
+    return _baseline_row(spec, mask, "telea", lambda data, sl, x, pm: telea_fill(x, pm))
 
 
 def table(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
-    for col in ("T", "sweet_spot"):
+    for col in ("T", "sweet_spot", "n_images"):
         df[col] = df[col].astype("Int64")
-    return df.sort_values(["method", "schedule", "T", "sweet_spot"], na_position="first", ignore_index=True)
+    return df.sort_values(["mask", "method", "schedule", "T", "sweet_spot"], na_position="first", ignore_index=True)
 
 
-def best_cell(df: pd.DataFrame, by: str, lower_is_better: bool = False) -> dict:
-    """The decoded cell with the best value of `by`."""
+def best_cell(df: pd.DataFrame, by: str, lower_is_better: bool = False) -> dict | None:
+    """The decoded cell with the best value of `by` (None when no decoded cell finished)."""
     decoded = df[(df.method == "maskgit") & (df.status == "ok")]
+    if decoded.empty:
+        return None
     best = decoded.loc[decoded[by].idxmin() if lower_is_better else decoded[by].idxmax()]
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()}
+    return {k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in best.items()}
 
 
 def spec_for(paths, p) -> GridSpec:
     """The GridSpec of params `paths` (PathsParams) and `eval` (EvalParams)."""
     return GridSpec(
         vqgan_dir=str(paths.vqgan), transformer_dir=str(paths.transformer), shards_dir=str(paths.shards),
-        tokens_dir=str(paths.tokens), fingerprint=fingerprint(paths.vqgan, paths.transformer, paths.tokens),
-        num_images=p.num_images, batch_size=p.batch_size, mask=p.mask, seed=p.seed,
-        temperature=p.temperature, feather=p.feather, sample_images=p.sample_images,
+        tokens_dir=str(paths.tokens), cache_dir=str(paths.cache),
+        fingerprint=fingerprint(paths.vqgan, paths.transformer, paths.tokens),
+        num_images=p.num_images, batch_size=p.batch_size, seed=p.seed, temperature=p.temperature,
+        feather=p.feather, sample_images=p.sample_images, download_weights=p.download_weights, fid=p.fid,
     )
 
 
-def masked_inputs(spec: GridSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs with the hole greyed out, originals) of the sample images, uint8 (S, H, W, 3)."""
+def sample_inputs(spec: GridSpec, mask: str) -> dict[str, np.ndarray]:
+    """The first sample images as uint8 (S, H, W, 3): input with the hole greyed, the mask, the original."""
     data = load_data(spec)
-    x, pm = data.images[: spec.sample_images], data.pixel_mask[: spec.sample_images]
-    return shards.as_uint8(torch.where(pm, torch.zeros_like(x), x)), shards.as_uint8(x)
+    x = data.images[: spec.sample_images]
+    pm = data.masks(mask, spec.seed)[0][: spec.sample_images]
+    return {
+        "input": shards.as_uint8(torch.where(pm, torch.zeros_like(x), x)),
+        "mask": shards.as_uint8(pm.float().expand_as(x) * 2 - 1),
+        "original": shards.as_uint8(x),
+    }

@@ -1,13 +1,39 @@
 """Pixel masks (True = missing) and their token masks.
 
-Masks are generated from a seed, so every cell of a grid sees the same holes.
+Masks are generated from a seed, and each image's mask from (seed, image index)
+alone, so every cell of a grid (and any subset of images) sees the same holes.
+Kinds: the MaskGIT / Places `center` box, LaMa-style free-form strokes (`thin`,
+`medium`, `thick`; at most half the image) and `outpaint` (right half missing).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-KINDS = ("center",)
+MAX_STROKE_AREA = 0.5  # free-form masks never hide more than half the image
+
+
+@dataclass(frozen=True)
+class StrokeStyle:
+    """A family of random brush strokes; lengths and widths are fractions of the image side."""
+
+    width: tuple[float, float]  # brush diameter range
+    strokes: tuple[int, int]  # strokes per image (inclusive range)
+    vertices: tuple[int, int]  # polyline vertices per stroke (inclusive range)
+    segment: tuple[float, float]  # length range of one polyline segment
+
+
+# Scaled from LaMa's thin / medium / thick irregular masks at 256 px.
+STROKES = {
+    "thin": StrokeStyle(width=(0.02, 0.05), strokes=(4, 10), vertices=(4, 10), segment=(0.1, 0.3)),
+    "medium": StrokeStyle(width=(0.06, 0.12), strokes=(2, 5), vertices=(3, 7), segment=(0.15, 0.35)),
+    "thick": StrokeStyle(width=(0.15, 0.25), strokes=(1, 3), vertices=(2, 5), segment=(0.2, 0.4)),
+}
+KINDS = ("center", *STROKES, "outpaint")
 
 
 def center_box(n: int, size: int, fraction: float = 0.5) -> torch.Tensor:
@@ -19,10 +45,51 @@ def center_box(n: int, size: int, fraction: float = 0.5) -> torch.Tensor:
     return mask
 
 
+def outpaint_right(n: int, size: int) -> torch.Tensor:
+    """Extend the image: its right half is missing; (n, 1, size, size)."""
+    mask = torch.zeros(n, 1, size, size, dtype=torch.bool)
+    mask[..., size - size // 2:] = True
+    return mask
+
+
+def _stroke(canvas: np.ndarray, style: StrokeStyle, rng: np.random.Generator) -> None:
+    """Draw one random polyline with round joints onto `canvas` (uint8, 1 = missing) in place."""
+    size = canvas.shape[0]
+    width = max(1, round(rng.uniform(*style.width) * size))
+    point = rng.uniform(0, size, 2)
+    angle = rng.uniform(0, 2 * np.pi)
+    for _ in range(rng.integers(style.vertices[0], style.vertices[1] + 1)):
+        angle += rng.normal(0, np.pi / 3)  # strokes wander rather than zig-zag
+        length = rng.uniform(*style.segment) * size
+        end = np.clip(point + length * np.array([np.cos(angle), np.sin(angle)]), 0, size - 1)
+        cv2.line(canvas, tuple(int(v) for v in point), tuple(int(v) for v in end), 1, width)
+        cv2.circle(canvas, tuple(int(v) for v in end), width // 2, 1, -1)
+        point = end
+
+
+def free_form(style: StrokeStyle, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One (size, size) bool mask of random strokes; a stroke that would pass MAX_STROKE_AREA is dropped."""
+    canvas = np.zeros((size, size), np.uint8)
+    for _ in range(rng.integers(style.strokes[0], style.strokes[1] + 1)):
+        trial = canvas.copy()
+        _stroke(trial, style, rng)
+        if trial.mean() <= MAX_STROKE_AREA:
+            canvas = trial
+    if not canvas.any():  # every stroke was too large: fall back to one of the narrowest width
+        _stroke(canvas, StrokeStyle((style.width[0],) * 2, (1, 1), (1, 1), (style.segment[0],) * 2), rng)
+    return canvas.astype(bool)
+
+
 def make(kind: str, n: int, size: int, seed: int) -> torch.Tensor:
-    """`n` pixel masks (n, 1, size, size), True where missing. `seed` drives random kinds."""
+    """`n` pixel masks (n, 1, size, size), True where missing; image i's mask depends only on (seed, i)."""
     if kind == "center":
         return center_box(n, size)
+    if kind == "outpaint":
+        return outpaint_right(n, size)
+    if kind in STROKES:
+        kind_index = KINDS.index(kind)  # different kinds draw from different streams
+        masks = [free_form(STROKES[kind], size, np.random.default_rng([seed, kind_index, i])) for i in range(n)]
+        return torch.from_numpy(np.stack(masks))[:, None]  # (n, 1, size, size)
     raise ValueError(f"unknown mask kind {kind!r}; choose from {KINDS}")
 
 
