@@ -32,7 +32,6 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; python $$b || exit 1; done
-#/*.py; do echo "== $$b"; python $$b || exit 1; done
 
 ui: $(STAMP)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db --workers 1 --port 5000
