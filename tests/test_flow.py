@@ -102,6 +102,9 @@ def test_eval_grid_flow_tables_tracks_and_caches(prefect_server, grid_project, s
     eval_grid(params_file="params.yaml", T=[1, 2, 3])
     assert sorted(calls) == sorted((m, s, 2) for m in ("center", "thick") for s in ("linear", "cosine"))
     assert set(pd.read_csv(grid_project / "results/grid.csv")["T"].dropna()) == {1, 2, 3}
+    calls.clear()
+    eval_grid(params_file="params.yaml", T=[1, 2, 3])
+    assert calls == []  # the same grid again: every trajectory from the cache
 
 
 def test_a_failing_cell_is_retried_then_marked_while_the_grid_finishes(prefect_server, grid_project, monkeypatch):
