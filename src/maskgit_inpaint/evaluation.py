@@ -151,7 +151,7 @@ class CellScores:
     def result(self) -> dict[str, float]:
         out = {k: (torch.cat(v).nanmean().item() if v else float("nan")) for k, v in self.per_image.items()}
         out["fid"] = float("nan")
-        if self.data.real_moments is not None:
+        if self.data.real_moments is not None and len(self.features) >= 2:  # a covariance needs two images
             out["fid"] = perceptual.frechet_distance(*self.features.moments(), *self.data.real_moments)
         return {**out, "swd": self.whole.distance(), "swd_masked": self.masked.distance()}
 
