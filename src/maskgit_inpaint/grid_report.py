@@ -25,7 +25,8 @@ def unavailable_metrics(spec: evaluation.GridSpec) -> dict[str, str]:
 def summary(df: pd.DataFrame, mask: str) -> dict:
     """Per mask kind: the best decoded cells and the baselines, for metrics/eval.json."""
     rows = df[df["mask"] == mask]
-    baselines = {m: {k: rows[rows.method == m][k].item() for k in evaluation.METRICS} for m in ("vq_ceiling", "telea")}
+    baselines = {m: {k: None if pd.isna(v := rows[rows.method == m][k].item()) else v for k in evaluation.METRICS}
+                 for m in ("vq_ceiling", "telea")}  # NaN -> null: eval.json stays valid JSON
     return {"best": evaluation.best_cell(rows, "psnr_masked"),
             "most_realistic": evaluation.best_cell(rows, "swd_masked", lower_is_better=True), **baselines}
 
