@@ -11,14 +11,11 @@ in every round, so load from other processes falls on all of them alike.
   timed); all images in one batch decode ONE T-step trajectory that yields every
   sweet spot, and the VQGAN decodes pixels only at the sweet spots (batched).
 - lab: the lab's way, one image at a time: VQGAN-encode the image, then for every
-  sweet spot k a fresh run of k decoding steps, decoding pixels after every step
-  (the lab looked at each one). sampling.decode always runs all of its T steps, so
-  a run stopped at k is timed as a k-step decode: the same k transformer calls and
-  k pixel decodes; only how many tokens each step unmasks differs, which costs
-  nothing.
+  sweet spot k a fresh run of the T-step schedule stopped at step k, decoding
+  pixels after every step (the lab looked at each one).
 - trajectory_batched / trajectory_per_image: the same single T-step trajectory,
   transformer only (no encode, no pixels), for all images at once vs one by one.
-- per_spot_batched: batched, transformer only, a separate k-step run per sweet spot.
+- per_spot_batched: batched, transformer only, a separate run (stopped at k) per sweet spot.
 
 ratio = lab / ours; batch_ratio = trajectory_per_image / trajectory_batched;
 grid_ratio = per_spot_batched / trajectory_batched. Last line: one JSON object.
@@ -70,7 +67,7 @@ def main() -> None:
         for i in range(IMAGES):
             tok = vqgan.encode(images[i:i + 1]).flatten(1)
             for k in SWEET_SPOTS:
-                for ids in run(tok, token_mask[i:i + 1], k, range(1, k + 1)).values():
+                for ids in run(tok, token_mask[i:i + 1], T, range(1, k + 1)).values():
                     pixels(ids)
 
     def trajectory_batched() -> None:
@@ -82,11 +79,11 @@ def main() -> None:
 
     def per_spot_batched() -> None:
         for k in SWEET_SPOTS:
-            run(tokens, token_mask, k, (k,))
+            run(tokens, token_mask, T, (k,))
 
     paths = {  # name: (what it times, the timed function)
         "ours": ("batched, one trajectory, pixels at sweet spots only (tokens pre-encoded)", ours),
-        "lab": ("per image: encode, a fresh k-step run per sweet spot, pixels every step", lab),
+        "lab": ("per image: encode, per sweet spot a fresh run stopped at k, pixels every step", lab),
         "trajectory_batched": ("transformer only, one trajectory, all images batched", trajectory_batched),
         "trajectory_per_image": ("transformer only, one trajectory, one image at a time", trajectory_per_image),
         "per_spot_batched": ("transformer only, all images batched, one run per sweet spot", per_spot_batched),

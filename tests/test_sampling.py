@@ -74,6 +74,13 @@ def test_one_trajectory_serves_every_sweet_spot():
         assert torch.equal(alone[k], all_spots[k])
 
 
+def test_decoding_stops_at_the_last_sweet_spot():
+    tokens, token_mask, _ = _inputs()
+    model = Probe()
+    out = sampling.decode(model, tokens, token_mask, "cosine", 8, [1, 3], generator=torch.Generator().manual_seed(0))
+    assert sorted(out) == [1, 3] and len(model.masked_seen) == 3  # 3 transformer passes of the 8-step schedule
+
+
 def test_batched_decoding_equals_one_image_at_a_time():
     tokens, token_mask, _ = _inputs()
     model = Probe(peaked=True)

@@ -84,7 +84,7 @@ def decode(
         sampled = torch.where(unknown, sampled, ids)
         if t + 1 in wanted:
             out[t + 1] = sampled.clone()
-        if t + 1 == T:
+        if t + 1 == wanted[-1]:  # stopping at sweet spot k of T: later steps are never observed
             break
         ratio = (t + 1) / T
         logp = torch.log_softmax(logits, -1).gather(-1, sampled.unsqueeze(-1)).squeeze(-1)  # (B, N)
