@@ -139,8 +139,8 @@ class CellScores:
             "ssim": metrics.ssim(pred, target), "ssim_masked": metrics.ssim(pred, target, pixel_mask),
         }
         if self.data.lpips.available:
-            values["lpips"] = perceptual.lpips_distance(self.data.lpips.network, pred, target)
-            values["lpips_masked"] = perceptual.lpips_distance(self.data.lpips.network, pred, target, pixel_mask)
+            dist = perceptual.lpips_map(self.data.lpips.network, pred, target)  # one pass serves both columns
+            values["lpips"], values["lpips_masked"] = perceptual.map_mean(dist), perceptual.map_mean(dist, pixel_mask)
         if self.data.fid.available:
             self.features.add(self.data.fid.network, pred)
         for m, v in values.items():

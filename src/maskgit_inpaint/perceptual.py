@@ -118,20 +118,30 @@ def _device_of(network: torch.nn.Module) -> torch.device:
     return torch.device("cpu") if parameter is None else parameter.device
 
 
-def lpips_distance(network: torch.nn.Module, pred: torch.Tensor, target: torch.Tensor,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-image LPIPS, the spatial map averaged over the mask (NaN when an image has no masked pixel)."""
-    device = _device_of(network)
+def lpips_map(network: torch.nn.Module, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The spatial LPIPS map (B, 1, H, W) at the input size, on pred's device."""
     with torch.no_grad():
+        device = _device_of(network)
         dist = network(pred.to(device, torch.float32), target.to(device, torch.float32)).float()  # (B, 1, h, w)
         if dist.shape[-2:] != pred.shape[-2:]:
             dist = F.interpolate(dist, size=pred.shape[-2:], mode="bilinear", align_corners=False)  # (B, 1, H, W)
-        if mask is None:
-            return dist.flatten(1).mean(1).to(pred.device)
-        weight = mask.to(device).float()  # (B, 1, H, W)
-        count = weight.flatten(1).sum(1)  # (B,)
-        total = (dist * weight).flatten(1).sum(1)  # (B,)
-        return torch.where(count > 0, total / count.clamp(min=1), torch.nan).to(pred.device)
+    return dist.to(pred.device)
+
+
+def map_mean(dist: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image mean of a (B, 1, H, W) map over the mask (NaN when an image has no masked pixel), or over all of it."""
+    if mask is None:
+        return dist.flatten(1).mean(1)
+    weight = mask.to(dist.device).float()  # (B, 1, H, W)
+    count = weight.flatten(1).sum(1)  # (B,)
+    total = (dist * weight).flatten(1).sum(1)  # (B,)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.nan)
+
+
+def lpips_distance(network: torch.nn.Module, pred: torch.Tensor, target: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image LPIPS, the spatial map averaged over the mask (NaN when an image has no masked pixel)."""
+    return map_mean(lpips_map(network, pred, target), mask)
 
 
 class FeatureStats:
