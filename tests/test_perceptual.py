@@ -68,7 +68,7 @@ def test_missing_weights_without_download_are_unavailable_with_the_fix(empty_hub
     backbone = resolve(CPU, download=False)
     assert not backbone.available and backbone.network is None
     assert file_name in backbone.reason and str(hub_checkpoints()) in backbone.reason
-    assert "eval.download_weights" in backbone.reason
+    assert "download_weights: true" in backbone.reason
     assert empty_hub == []  # no network attempt
 
 

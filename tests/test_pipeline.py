@@ -34,7 +34,8 @@ def _repo(path, **section_updates):
     path.mkdir()
     for name in ("src", "stages", "flows"):
         shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", "pretrained/README.md"):
+        (path / name).parent.mkdir(exist_ok=True)
         shutil.copy(ROOT / name, path / name)
     write_tiny_params(path / "params.yaml", **section_updates)
     _run(["git", "init", "-q"], path)

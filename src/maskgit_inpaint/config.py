@@ -30,6 +30,7 @@ class PathsParams(Section):
     results: Path  # grid tables and figures
     metrics: Path  # small json/csv files that DVC reads as metrics and plots
     checkpoints: Path  # resumable training state (not a DVC out: survives a killed stage)
+    pretrained: Path  # downloaded foreign checkpoints (taming VQGAN) that a stage starts from
     cache: Path  # recomputable derived data, e.g. FID statistics of the real val images (not a DVC out)
 
 
@@ -50,8 +51,12 @@ class DataParams(Section):
     limit_val: int | None = Field(..., ge=1)
 
 
+TOKENIZER_PARTS = ("encoder", "codebook", "decoder")  # encoder includes quant_conv, decoder post_quant_conv
+
+
 class VQGANParams(Section):
     seed: int
+    init: str | None  # taming-transformers checkpoint in paths.pretrained (or an absolute path); None: train from scratch
     ch: int = Field(..., ge=32)  # base channels; multiples of 32 (GroupNorm with 32 groups)
     ch_mult: tuple[int, ...]  # downsampling factor f = 2 ** (len(ch_mult) - 1)
     num_res_blocks: int = Field(..., ge=1)
@@ -60,21 +65,38 @@ class VQGANParams(Section):
     embed_dim: int = Field(..., ge=1)  # code vector size
     n_embed: int = Field(..., ge=2, le=65535)  # codebook size K (tokens are stored as uint16)
     beta: float  # commitment weight
-    steps: int = Field(..., ge=1)
-    batch_size: int = Field(..., ge=1)
+    train_parts: tuple[Literal["encoder", "codebook", "decoder"], ...] = Field(..., min_length=1)  # the rest stays frozen
+    perceptual_weight: float = Field(..., ge=0)  # LPIPS reconstruction term (0: L1 only)
+    perceptual_trunk: Literal["alex", "vgg"]  # LPIPS trunk of the loss (taming: vgg); the LPIPS metric always uses alex
+    disc_weight: float = Field(..., ge=0)  # scale of the adaptive PatchGAN weight (0: no adversarial loss)
+    disc_start: int = Field(..., ge=0)  # step from which the adversarial terms count
+    disc_layers: int = Field(..., ge=1)  # strided conv blocks of the PatchGAN discriminator
+    disc_ch: int = Field(..., ge=1)  # channels of its first conv
+    steps: int = Field(..., ge=1)  # optimizer steps
+    batch_size: int = Field(..., ge=1)  # images per forward pass
+    grad_accum_steps: int = Field(..., ge=1)  # forward passes per optimizer step (effective batch = batch_size * this)
     lr: float = Field(..., gt=0)
     warmup_steps: int = Field(..., ge=0)
-    dead_code_restart_every: int = Field(..., ge=0)  # 0: never re-seed unused codes
+    dead_code_restart_every: int = Field(..., ge=0)  # re-seed codes unused for this many steps (0: never)
+    eval_every: int = Field(..., ge=1)  # val recon metrics and an MLflow reconstruction strip
     eval_images: int = Field(..., ge=1)  # val images used for recon metrics
     checkpoint_every: int = Field(..., ge=1)
     amp: bool  # bf16 autocast (CPU with AVX512-BF16/AMX, or CUDA)
     num_workers: int = Field(..., ge=0)
+    download_weights: bool  # may the LPIPS trunk (loss and metric) be fetched into the torch hub cache?
 
     @model_validator(mode="after")
-    def _channels(self) -> "VQGANParams":
+    def _consistent(self) -> "VQGANParams":
         for m in self.ch_mult:
             if (self.ch * m) % 32:
                 raise ValueError(f"ch * ch_mult must be multiples of 32 (GroupNorm), got ch={self.ch}, ch_mult={self.ch_mult}")
+        if self.init is None and set(self.train_parts) != set(TOKENIZER_PARTS):
+            raise ValueError(f"training from scratch (init: null) needs train_parts: {list(TOKENIZER_PARTS)}; "
+                             "freezing parts only makes sense for a pretrained init")
+        if self.disc_weight > 0 and "decoder" not in self.train_parts:
+            raise ValueError("disc_weight > 0 needs the decoder in train_parts (the adaptive weight is taken at its last layer)")
+        if self.dead_code_restart_every and "codebook" not in self.train_parts:
+            raise ValueError("dead_code_restart_every > 0 re-seeds the codebook: add codebook to train_parts or set it to 0")
         return self
 
 

@@ -30,6 +30,8 @@ from maskgit_inpaint.io import atomic_file
 
 DOWNLOAD_TIMEOUT_S = 20.0
 ALEXNET_FILE = Path(urlparse(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url).path).name  # alexnet-owt-7be5be79.pth
+VGG16_FILE = Path(urlparse(torchvision.models.VGG16_Weights.IMAGENET1K_V1.url).path).name  # vgg16-397923af.pth
+LPIPS_TRUNKS = {"alex": ALEXNET_FILE, "vgg": VGG16_FILE}  # the metric uses alex; taming's training loss uses vgg
 INCEPTION_FILE = Path(urlparse(FID_WEIGHTS_URL).path).name  # pt_inception-2015-12-05-6726825d.pth
 
 
@@ -63,7 +65,7 @@ def _resolve(what: str, file_name: str, download: bool, build: Callable[[], torc
     text goes into the reason.
     """
     directory = hub_checkpoints()
-    fix = f"copy {file_name} into {directory}, or allow downloads with eval.download_weights: true"
+    fix = f"copy {file_name} into {directory}, or allow downloads (download_weights: true in the stage's params section)"
     if not (directory / file_name).is_file() and not download:
         return Backbone(None, f"{what} needs {file_name}, not found in {directory}; {fix}")
     previous_timeout = socket.getdefaulttimeout()
@@ -82,10 +84,10 @@ def _resolve(what: str, file_name: str, download: bool, build: Callable[[], torc
     return Backbone(network, None)
 
 
-def resolve_lpips(device: torch.device, download: bool) -> Backbone:
-    """Spatial LPIPS v0.1 with the AlexNet trunk; its linear layers ship inside the lpips package."""
-    return _resolve("LPIPS", ALEXNET_FILE, download,
-                    lambda: lpips.LPIPS(net="alex", spatial=True, verbose=False), device)
+def resolve_lpips(device: torch.device, download: bool, trunk: str = "alex") -> Backbone:
+    """Spatial LPIPS v0.1 with an ImageNet trunk (LPIPS_TRUNKS); its linear layers ship inside the lpips package."""
+    return _resolve(f"LPIPS ({trunk})", LPIPS_TRUNKS[trunk], download,
+                    lambda: lpips.LPIPS(net=trunk, spatial=True, verbose=False), device)
 
 
 class InceptionFeatures(torch.nn.Module):

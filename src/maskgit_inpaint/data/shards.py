@@ -117,17 +117,23 @@ def dataset(urls: list[str], shuffle_seed: int | None) -> wds.WebDataset:
     return ds.decode("torchrgb").map(_to_tensor)
 
 
-def train_batches(urls: list[str], batch_size: int, seed: int, num_workers: int) -> Iterator[torch.Tensor]:
-    """Endless shuffled batches (B, 3, H, W) in [-1, 1]; epoch e reshuffles with seed + e."""
+def train_batches(urls: list[str], batch_size: int, seed: int, num_workers: int, skip: int = 0) -> Iterator[torch.Tensor]:
+    """Endless shuffled batches (B, 3, H, W) in [-1, 1]; epoch e reshuffles with seed + e.
+
+    The stream depends only on (urls, batch_size, seed, workers): `skip` drops its first
+    batches, so a resumed run continues with the batch an uninterrupted one would see next.
+    """
     workers = min(num_workers, len(urls))
-    epoch = 0
+    epoch = produced = 0
     while True:
         ds = dataset(urls, shuffle_seed=seed + epoch).to_tuple("image").batched(batch_size, partial=False)
         loader = wds.WebLoader(ds, batch_size=None, num_workers=workers)
         yielded = False
         for (images,) in loader:
             yielded = True
-            yield images
+            produced += 1
+            if produced > skip:
+                yield images
         if not yielded:
             raise ValueError(f"no full batch of {batch_size} in {len(urls)} shard(s); lower the batch size or add images")
         epoch += 1

@@ -40,10 +40,15 @@ def read_model(directory: Path | str, made_by: str, device: str | torch.device =
 
 
 def save_training_state(
-    path: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, best: dict, history: list[dict], params: dict
+    path: Path | str, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, best: dict, history: list[dict], params: dict,
+    extra: dict | None = None,
 ) -> None:
-    """Everything needed to continue a run exactly where it stopped (written atomically)."""
+    """Everything needed to continue a run exactly where it stopped (written atomically).
+
+    `extra` holds what else the run carries (e.g. a discriminator and its optimizer), tensors and plain data only.
+    """
     state = {
+        **(extra or {}),
         "model_config": asdict(model.config),
         "params": params,
         "model": model.state_dict(),
@@ -59,3 +64,36 @@ def save_training_state(
 
 def load_training_state(path: Path | str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class ForeignCheckpointError(ValueError):
+    """A checkpoint from another code base is missing, unreadable, or does not fit the model."""
+
+
+def _placeholder(qualified_name: str) -> type:
+    """An inert class standing in for a class pickled beside the weights (it runs no code of its own)."""
+    module, _, name = qualified_name.rpartition(".")
+    return type(name, (), {"__module__": module, "__doc__": f"placeholder for {qualified_name}"})
+
+
+def read_foreign_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
+    """The `state_dict` of a Lightning checkpoint (or a bare state dict), loaded with `weights_only=True`.
+
+    Lightning pickles callback classes and hyperparameter objects beside the weights;
+    their code is neither needed nor trusted, so every such class is replaced by an
+    inert placeholder before loading and the weights come back as plain tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ForeignCheckpointError(f"{path}: no such checkpoint file; download it or fix the path in params.yaml")
+    try:
+        foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        with torch.serialization.safe_globals([(_placeholder(name), name) for name in foreign]):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a truncated or non-torch file: say which and why
+        raise ForeignCheckpointError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error}); "
+                                     "download it again") from error
+    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ForeignCheckpointError(f"{path}: holds neither a state dict nor a Lightning checkpoint with `state_dict`")
+    return state

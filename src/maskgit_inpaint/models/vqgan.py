@@ -7,12 +7,16 @@ key by key. Images are (B, 3, H, W) in [-1, 1]; tokens are (B, H/f, W/f) code id
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskgit_inpaint.models.checkpoint import read_model
+from maskgit_inpaint.models.checkpoint import ForeignCheckpointError, read_foreign_state_dict, read_model
+
+# taming's checkpoints carry its training loss (LPIPS + PatchGAN discriminator) under `loss.`; the tokenizer needs none of it.
+TAMING_DROPPED_PREFIX = "loss."
 
 
 @dataclass(frozen=True)
@@ -249,9 +253,78 @@ class VQGAN(nn.Module):
         return self.decoder(self.post_quant_conv(z_q)).float().clamp(-1, 1)
 
     @classmethod
+    def from_taming_checkpoint(cls, path: Path | str, config: VQGANConfig | None = None, resolution: int = 256) -> "VQGAN":
+        """A CompVis/taming-transformers VQModel checkpoint (e.g. vqgan_imagenet_f16_1024.ckpt) -> model.
+
+        `config` is the architecture the file must match (params.yaml); None reads it off
+        the tensor shapes, with attention placed for `resolution` px inputs. Every key and
+        shape is checked through `taming_key_map`; anything off fails with the list.
+        """
+        state = read_foreign_state_dict(path)
+        weights = {k: v for k, v in state.items() if not k.startswith(TAMING_DROPPED_PREFIX)}
+        model = cls(config or infer_taming_config(weights, resolution, path))
+        expected = model.state_dict()
+        key_map = taming_key_map(model)
+        problems = [f"missing {k}" for k in key_map if k not in weights]
+        problems += [f"unexpected {k}" for k in weights if k not in key_map]
+        problems += [f"{k}: file {tuple(weights[k].shape)}, model {tuple(expected[ours].shape)}"
+                     for k, ours in key_map.items() if k in weights and weights[k].shape != expected[ours].shape]
+        if problems:
+            raise ForeignCheckpointError(
+                f"{path}: does not fit the configured VQGAN ({len(problems)} problems; {len(weights)} tensors in the file, "
+                f"{len(key_map)} expected):\n  " + "\n  ".join(problems[:12]) + ("\n  ..." if len(problems) > 12 else "")
+                + f"\n{_architecture_hint(weights, resolution, path)}"
+            )
+        model.load_state_dict({ours: weights[k] for k, ours in key_map.items()})
+        print(f"loaded {len(key_map)} tensors from {path} (dropped {len(state) - len(weights)} {TAMING_DROPPED_PREFIX}* tensors)")
+        return model
+
+    @classmethod
     def load(cls, directory, device: str | torch.device = "cpu") -> "VQGAN":
         """A tokenizer saved by `checkpoint.save_model` (the finetune_vqgan stage's out)."""
         info, state = read_model(directory, made_by="finetune_vqgan", device=device)
         model = cls(VQGANConfig.from_dict(info["model"]))
         model.load_state_dict(state)
         return model.to(device).eval()
+
+
+def taming_key_map(model: VQGAN) -> dict[str, str]:
+    """Checkpoint key -> parameter of `model`. Our modules carry taming's names, so the map is
+    the identity over our state dict: it lists exactly the tensors the file must hold."""
+    return {name: name for name in model.state_dict()}
+
+
+def infer_taming_config(weights: dict[str, torch.Tensor], resolution: int, path: Path | str) -> VQGANConfig:
+    """The architecture a taming VQModel state dict was built with, read off its tensor shapes."""
+    def shape(key: str) -> torch.Size:
+        if key not in weights:
+            raise ForeignCheckpointError(f"{path}: no {key}; not a taming-transformers VQModel checkpoint")
+        return weights[key].shape
+
+    ch = shape("encoder.conv_in.weight")[0]
+    levels = sum(1 for k in weights if k.startswith("encoder.down.") and k.endswith(".block.0.conv1.weight"))
+    z_channels = shape("decoder.conv_in.weight")[1]
+    n_embed, embed_dim = shape("quantize.embedding.weight")
+    return VQGANConfig(
+        resolution=resolution,
+        in_channels=shape("encoder.conv_in.weight")[1],
+        out_ch=shape("decoder.conv_out.weight")[0],
+        ch=ch,
+        ch_mult=tuple(shape(f"encoder.down.{i}.block.0.conv1.weight")[0] // ch for i in range(levels)),
+        num_res_blocks=sum(1 for k in weights if k.startswith("encoder.down.0.block.") and k.endswith(".conv1.weight")),
+        attn_resolutions=tuple(resolution // 2 ** i for i in range(levels) if f"encoder.down.{i}.attn.0.q.weight" in weights),
+        z_channels=z_channels,
+        double_z=shape("encoder.conv_out.weight")[0] == 2 * z_channels,
+        embed_dim=embed_dim,
+        n_embed=n_embed,
+    )
+
+
+def _architecture_hint(weights: dict[str, torch.Tensor], resolution: int, path: Path | str) -> str:
+    try:
+        c = infer_taming_config(weights, resolution, path)
+    except ForeignCheckpointError as error:
+        return str(error)
+    return (f"The file looks like: ch={c.ch}, ch_mult={list(c.ch_mult)}, num_res_blocks={c.num_res_blocks}, "
+            f"attn_resolutions={list(c.attn_resolutions)} (at {resolution} px), z_channels={c.z_channels}, "
+            f"embed_dim={c.embed_dim}, n_embed={c.n_embed}; set these in params.yaml `vqgan`.")

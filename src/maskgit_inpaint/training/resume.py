@@ -38,5 +38,6 @@ class Resume:
         print(f"resuming from {self.path} at step {state['step']}")
         return state
 
-    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, best: dict, history: list[dict]) -> None:
-        save_training_state(self.path, model, optimizer, step, best, history, self.params)
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, best: dict, history: list[dict],
+             extra: dict | None = None) -> None:
+        save_training_state(self.path, model, optimizer, step, best, history, self.params, extra)
