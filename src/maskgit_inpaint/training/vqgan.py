@@ -212,6 +212,7 @@ def train(p: VQGANParams, image_size: int, shards_dir: Path, state_path: Path, i
             if discriminator:
                 extra.update(discriminator=discriminator.state_dict(), d_optimizer=d_optimizer.state_dict())
             resume.save(model, optimizer, done, best, curve, extra)
+    batches.close()  # stops the loader's workers now rather than at garbage collection
     final, strip = evaluate(model, val_images, p.batch_size * 2, p.amp, lpips_net)
     mlflow.log_metrics({f"val_{k}": v for k, v in final.items()}, step=p.steps)
     mlflow.log_image(recon_strip(val_images[:STRIP_IMAGES], strip), key="reconstructions", step=p.steps)
