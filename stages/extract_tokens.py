@@ -9,7 +9,8 @@ import numpy as np
 from maskgit_inpaint import config, runtime
 from maskgit_inpaint.data import shards
 from maskgit_inpaint.data import tokens as token_store
-from maskgit_inpaint.io import atomic_dir, write_json
+from maskgit_inpaint.io import atomic_dir, sha256_file, write_json
+from maskgit_inpaint.models.checkpoint import WEIGHTS
 from maskgit_inpaint.models.vqgan import VQGAN
 
 
@@ -21,7 +22,7 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     image_size = shards.load_manifest(paths.shards)["image_size"]
     grid = vqgan.config.token_grid(image_size)
     meta = {"codebook_size": vqgan.config.n_embed, "grid": [grid, grid], "downsample": vqgan.config.downsample,
-            "image_size": image_size, "dtype": "uint16"}
+            "image_size": image_size, "dtype": "uint16", "vqgan_sha256": sha256_file(paths.vqgan / WEIGHTS)}
     with atomic_dir(paths.tokens) as tmp:
         for split in shards.SPLITS:
             ids, keys = token_store.encode_split(vqgan, shards.shard_urls(paths.shards, split), p.batch_size, p.amp)

@@ -1,6 +1,11 @@
-"""Stage `train_transformer`: MVTM on the token arrays -> paths.transformer, metrics/transformer.json."""
+"""Stage `train_transformer`: MVTM on the token arrays -> paths.transformer, metrics/transformer.json.
+
+Runs as one process (`python -m stages.train_transformer`, what DVC calls) or as N under
+`torchrun --nproc_per_node N -m stages.train_transformer`; rank 0 writes the outs.
+"""
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -9,7 +14,7 @@ import mlflow
 from maskgit_inpaint import config, tracking
 from maskgit_inpaint.io import atomic_dir, write_json
 from maskgit_inpaint.models.checkpoint import save_model
-from maskgit_inpaint.training import transformer
+from maskgit_inpaint.training import distributed, transformer
 from maskgit_inpaint.training.curves import write_curve
 
 
@@ -17,21 +22,32 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     began = time.perf_counter()
     params = config.load(params_file)
     p, paths = params.transformer, params.paths
+    procs, dev = distributed.start(p.seed)
     state = paths.checkpoints / "transformer.pt"
-    with tracking.run("transformer", run_name="train_transformer", params=p.model_dump(mode="json")):
-        result = transformer.train(p, paths.tokens, state)
-        with atomic_dir(paths.transformer) as tmp:
-            save_model(result.model, tmp, extra={"steps": p.steps, "metrics": result.metrics})
-        mlflow.log_artifacts(str(paths.transformer), artifact_path="model")
+    run = tracking.run("transformer", run_name="train_transformer", params=p.model_dump(mode="json"),
+                       tags={"processes": procs.world}) if procs.main else contextlib.nullcontext()
+    with run:
+        result = transformer.train(p, paths.tokens, state, procs, dev)
+        if procs.main:
+            with atomic_dir(paths.transformer) as tmp:
+                save_model(result.model, tmp, extra={"steps": p.steps, "metrics": result.metrics})
+            mlflow.log_artifacts(str(paths.transformer), artifact_path="model")
+    distributed.stop(procs)
+    if not procs.main:
+        return
     write_json(paths.metrics / "transformer.json", result.metrics)
-    write_curve(paths.metrics / "transformer_train.csv", result.curve, ["step", "train_loss", "lr"])
-    write_curve(paths.metrics / "transformer_val.csv", result.curve, ["step", "val_accuracy", "val_nll"])
+    ratios = [f"val_accuracy_{r}" for r in p.eval_mask_ratios]
+    write_curve(paths.metrics / "transformer_train.csv", result.curve, ["step", "train_loss", "lr", "tokens_per_s"])
+    write_curve(paths.metrics / "transformer_val.csv", result.curve, ["step", "val_accuracy", "val_nll", *ratios])
     state.unlink(missing_ok=True)  # outs are complete: nothing left to resume
     m = result.metrics
     n_params = sum(q.numel() for q in result.model.parameters())
-    print(f"train_transformer: {p.steps} steps, {n_params / 1e6:.2f}M params; val masked-token accuracy "
-          f"{m['val_accuracy']:.3f} at ratio {p.eval_mask_ratio} (best {m['best_val_accuracy']:.3f}), NLL {m['val_nll']:.3f} "
-          f"-> {paths.transformer} ({time.perf_counter() - began:.0f}s)")
+    per_ratio = ", ".join(f"{m[f'val_accuracy_{r}']:.3f} at {r}" for r in p.eval_mask_ratios)
+    mfu = f", MFU {m['mfu']:.1%}" if "mfu" in m else ""
+    print(f"train_transformer: {p.steps} steps, {n_params / 1e6:.2f}M params, {procs.world} process(es), "
+          f"{m['tokens_per_s']:.0f} tokens/s{mfu}; val masked-token accuracy {per_ratio} "
+          f"(most-frequent-token baseline {m['baseline_accuracy']:.3f}) -> {paths.transformer} "
+          f"({time.perf_counter() - began:.0f}s)")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,19 @@
+import json
 import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from maskgit_inpaint.io import sha256_file
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer, TransformerConfig
 from maskgit_inpaint.training.resume import Resume, ResumeMismatch
+from maskgit_inpaint.training.transformer import training_flops_per_token
 
 from conftest import run_stage, stage_env, write_tiny_params
 
@@ -60,3 +64,41 @@ def test_resume_refuses_state_from_other_params(tmp_path):
     # ... params that shape the result may not.
     with pytest.raises(ResumeMismatch, match=r"lr.*delete the file"):
         Resume(tmp_path / "s.pt", {"lr": 0.01, "steps": 10, "checkpoint_every": 5}).load()
+
+
+def test_two_processes_train_under_torchrun_with_gloo(tiny_chain, tmp_path):
+    env = _project(tiny_chain, tmp_path / "ddp", {"steps": 10, "batch_size": 8, "eval_every": 10})
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "stages.train_transformer"], cwd=tmp_path / "ddp", env=stage_env(env),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stdout and done.stdout.count("train_transformer:") == 1  # rank 0 reports
+    m = json.loads((tmp_path / "ddp/metrics/transformer.json").read_text())
+    assert m["processes"] == 2 and m["steps"] == 10
+    assert (tmp_path / "ddp/models/transformer/model.safetensors").is_file()
+    assert not (tmp_path / "ddp/checkpoints/transformer.pt").exists()
+
+
+def test_val_accuracy_per_mask_ratio_and_the_most_frequent_token_baseline(tiny_chain):
+    m = json.loads((tiny_chain / "metrics/transformer.json").read_text())
+    for ratio in (0.25, 0.5, 0.75):
+        assert 0 <= m[f"val_accuracy_{ratio}"] <= 1 and m[f"val_nll_{ratio}"] > 0
+    assert m["val_accuracy"] == pytest.approx(np.mean([m[f"val_accuracy_{r}"] for r in (0.25, 0.5, 0.75)]))
+    train, val = np.load(tiny_chain / "data/tokens/train.npy"), np.load(tiny_chain / "data/tokens/val.npy")
+    mode = np.bincount(train.ravel()).argmax()
+    assert m["baseline_accuracy"] == pytest.approx((val == mode).mean())
+
+
+def test_token_meta_names_the_tokenizer_it_came_from(tiny_chain):
+    meta = json.loads((tiny_chain / "data/tokens/meta.json").read_text())
+    assert meta["vqgan_sha256"] == sha256_file(tiny_chain / "models/vqgan/model.safetensors")
+    assert meta["train_count"] == len(np.load(tiny_chain / "data/tokens/train.npy", mmap_mode="r"))
+
+
+def test_training_flops_count_every_matmul_weight():
+    config = TransformerConfig(codebook_size=1024, n_tokens=256, n_layer=24, n_head=16, n_embd=768, mlp_ratio=4)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = MaskedTokenTransformer(config)
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert training_flops_per_token(config) == 6 * matmul + 12 * 24 * 768 * 256
+    assert 1.0e9 < training_flops_per_token(config) < 1.1e9  # ~270 GFLOP per 256-token image, as the issue estimates

@@ -110,6 +110,7 @@ class TransformerParams(Section):
     n_layer: int = Field(..., ge=1)
     n_head: int = Field(..., ge=1)
     n_embd: int = Field(..., ge=8)
+    mlp_ratio: int = Field(..., ge=1)  # MLP hidden width / n_embd
     dropout: float = Field(..., ge=0.0, lt=1.0)
     train_mask_schedule: str  # MVTM ratio gamma(r), r ~ U(0,1) ...
     fixed_mask_ratio: float | None = Field(..., gt=0.0, le=1.0)  # ... or a fixed ratio (the seed experiment's 0.3)
@@ -122,9 +123,10 @@ class TransformerParams(Section):
     weight_decay: float = Field(..., ge=0)
     betas: tuple[float, float]
     eval_every: int = Field(..., ge=1)
-    eval_mask_ratio: float = Field(..., gt=0.0, le=1.0)  # val accuracy is reported at this ratio
+    eval_mask_ratios: tuple[float, ...] = Field(..., min_length=1)  # val accuracy/NLL at each; val_accuracy is their mean
     checkpoint_every: int = Field(..., ge=1)
     amp: bool
+    compile: bool  # torch.compile the training step (CUDA; minutes of compile time on a CPU)
 
     @model_validator(mode="after")
     def _heads(self) -> "TransformerParams":
@@ -132,6 +134,8 @@ class TransformerParams(Section):
 
         if self.train_mask_schedule not in SCHEDULES:
             raise ValueError(f"unknown train_mask_schedule {self.train_mask_schedule!r}; choose from {sorted(SCHEDULES)}")
+        if not all(0 < r <= 1 for r in self.eval_mask_ratios):
+            raise ValueError(f"eval_mask_ratios must lie in (0, 1], got {list(self.eval_mask_ratios)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         return self

@@ -32,3 +32,15 @@ def clock(dev: torch.device) -> float:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     return time.perf_counter()
+
+
+# Dense bf16 peak FLOP/s of common training GPUs (vendor datasheets), for MFU.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
+
+
+def peak_flops(dev: torch.device) -> float | None:
+    """Peak bf16 FLOP/s of a known CUDA device; None elsewhere (MFU is then not reported)."""
+    if dev.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(dev)
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)

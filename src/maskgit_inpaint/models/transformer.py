@@ -22,6 +22,7 @@ class TransformerConfig:
     n_layer: int = 4
     n_head: int = 2  # fewer, wider heads ran faster on CPU (STACK.md)
     n_embd: int = 128
+    mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * n_embd (MaskGIT: 3072 = 4 x 768)
     dropout: float = 0.0
 
     @property
@@ -48,8 +49,8 @@ class SelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, c: TransformerConfig):
         super().__init__()
-        self.fc = nn.Linear(c.n_embd, 4 * c.n_embd)
-        self.proj = nn.Linear(4 * c.n_embd, c.n_embd)
+        self.fc = nn.Linear(c.n_embd, c.mlp_ratio * c.n_embd)
+        self.proj = nn.Linear(c.mlp_ratio * c.n_embd, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,9 @@
 Per image: r ~ U(0, 1), mask ceil(gamma(r) * N) tokens uniformly (or a fixed
 ratio), cross-entropy on the masked positions only. Batches and masks come from
 a generator seeded by (seed, step), so a resumed run sees exactly the batches an
-uninterrupted one would have.
+uninterrupted one would have. Under torchrun every process draws the same global
+batch and trains on its own slice of it (DistributedDataParallel averages the
+gradients); rank 0 evaluates, logs and saves.
 """
 from __future__ import annotations
 
@@ -14,11 +16,14 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from maskgit_inpaint import runtime
 from maskgit_inpaint.config import TransformerParams
+from maskgit_inpaint.training.distributed import Processes
 from maskgit_inpaint.data import tokens as token_store
 from maskgit_inpaint.masks import random_token_mask
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer, TransformerConfig
@@ -33,8 +38,24 @@ VAL_SEED = 12345  # val masks are the same at every evaluation and in every run
 @dataclass
 class TransformerResult:
     model: MaskedTokenTransformer
-    metrics: dict  # final val masked-token accuracy and NLL, best accuracy
+    metrics: dict  # final val masked-token accuracy and NLL per mask ratio, the most-frequent-token baseline, best
     curve: list[dict] = field(default_factory=list)
+
+
+def training_flops_per_token(config: TransformerConfig) -> float:
+    """Forward + backward FLOPs per token: 6 per matmul weight, plus attention scores and mixing (12 * L * C * N)."""
+    c = config
+    per_layer = 4 * c.n_embd * c.n_embd + 2 * c.mlp_ratio * c.n_embd * c.n_embd  # qkv + proj, mlp
+    matmul_weights = c.n_layer * per_layer + c.n_embd * c.codebook_size  # + the output head
+    return 6 * matmul_weights + 12 * c.n_layer * c.n_embd * c.n_tokens
+
+
+def most_frequent_token_accuracy(train_tokens: np.ndarray, val: torch.Tensor) -> float:
+    """Accuracy of always answering the train set's most frequent code (uniform masks hit every position alike)."""
+    counts = np.zeros(int(max(train_tokens.max(), val.max())) + 1, dtype=np.int64)
+    for start in range(0, len(train_tokens), 65536):  # chunks: the array is memory-mapped and may be large
+        counts += np.bincount(np.asarray(train_tokens[start:start + 65536]).ravel(), minlength=len(counts))
+    return (val == int(counts.argmax())).float().mean().item()
 
 
 def mask_counts(batch: int, n_tokens: int, p: TransformerParams, generator: torch.Generator) -> torch.Tensor:
@@ -46,37 +67,46 @@ def mask_counts(batch: int, n_tokens: int, p: TransformerParams, generator: torc
     return torch.ceil(ratio * n_tokens).long().clamp(1, n_tokens)
 
 
-def masked_loss(model: MaskedTokenTransformer, x: torch.Tensor, mask: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy on masked positions only; returns (loss, logits of masked positions (M, K))."""
-    inputs = torch.where(mask, torch.full_like(x, model.config.mask_id), x)  # (B, N)
+def masked_loss(model: nn.Module, mask_id: int, x: torch.Tensor, mask: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy on masked positions only; returns (loss, logits of masked positions (M, K)).
+
+    `model` may be the transformer or its DistributedDataParallel / compiled wrapper.
+    """
+    inputs = torch.where(mask, torch.full_like(x, mask_id), x)  # (B, N)
     logits = model(inputs)[mask].float()  # (M, K)
     return F.cross_entropy(logits, x[mask], label_smoothing=smoothing), logits
 
 
 @torch.no_grad()
-def evaluate(model: MaskedTokenTransformer, val: torch.Tensor, ratio: float, batch_size: int, amp: bool) -> dict:
-    """Masked-token accuracy and NLL on val at a fixed mask ratio, with fixed masks."""
+def evaluate(model: MaskedTokenTransformer, val: torch.Tensor, ratios: tuple[float, ...], batch_size: int, amp: bool) -> dict:
+    """Masked-token accuracy and NLL on val at fixed mask ratios, with fixed masks; val_accuracy/val_nll average them."""
     dev = next(model.parameters()).device
     model.eval()
-    generator = torch.Generator().manual_seed(VAL_SEED)
     n_tokens = val.shape[1]
-    correct = nll = total = 0.0
-    for start in range(0, len(val), batch_size):
-        x = val[start:start + batch_size]
-        counts = torch.full((len(x),), max(1, math.ceil(ratio * n_tokens)))
-        mask = random_token_mask(counts, n_tokens, generator).to(dev)
-        x = x.to(dev)
-        with runtime.autocast(dev, amp):
-            loss, logits = masked_loss(model, x, mask, smoothing=0.0)
-        correct += (logits.argmax(-1) == x[mask]).sum().item()
-        nll += loss.item() * mask.sum().item()
-        total += mask.sum().item()
+    result = {}
+    for ratio in ratios:
+        generator = torch.Generator().manual_seed(VAL_SEED)
+        correct = nll = total = 0.0
+        for start in range(0, len(val), batch_size):
+            x = val[start:start + batch_size]
+            counts = torch.full((len(x),), max(1, math.ceil(ratio * n_tokens)))
+            mask = random_token_mask(counts, n_tokens, generator).to(dev)
+            x = x.to(dev)
+            with runtime.autocast(dev, amp):
+                loss, logits = masked_loss(model, model.config.mask_id, x, mask, smoothing=0.0)
+            correct += (logits.argmax(-1) == x[mask]).sum().item()
+            nll += loss.item() * mask.sum().item()
+            total += mask.sum().item()
+        result[f"val_accuracy_{ratio}"], result[f"val_nll_{ratio}"] = correct / total, nll / total
     model.train()
-    return {"val_accuracy": correct / total, "val_nll": nll / total}
+    result["val_accuracy"] = float(np.mean([result[f"val_accuracy_{r}"] for r in ratios]))
+    result["val_nll"] = float(np.mean([result[f"val_nll_{r}"] for r in ratios]))
+    return result
 
 
-def train(p: TransformerParams, tokens_dir: Path, state_path: Path) -> TransformerResult:
-    dev = runtime.setup(p.seed)
+def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Processes, dev: torch.device) -> TransformerResult:
+    if p.batch_size % procs.world:
+        raise ValueError(f"transformer.batch_size ({p.batch_size}) must be divisible by the {procs.world} processes")
     meta = token_store.load_meta(tokens_dir)
     train_tokens = token_store.load(tokens_dir, "train")
     val = torch.from_numpy(token_store.load(tokens_dir, "val").astype(np.int64))
@@ -86,7 +116,7 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path) -> Transform
         TransformerConfig(**state["model_config"]) if state else
         TransformerConfig(
             codebook_size=meta["codebook_size"], n_tokens=train_tokens.shape[1],
-            n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd, dropout=p.dropout,
+            n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd, mlp_ratio=p.mlp_ratio, dropout=p.dropout,
         )
     )
     model = MaskedTokenTransformer(config).to(dev)
@@ -101,36 +131,53 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path) -> Transform
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, curve, best = state["step"], state["history"], state["best"]
+    stepper = DistributedDataParallel(model) if procs.world > 1 else model  # gradients averaged across processes
+    stepper = torch.compile(stepper) if p.compile else stepper
+    baseline = most_frequent_token_accuracy(train_tokens, val) if procs.main else math.nan
+    flops_per_step = training_flops_per_token(config) * p.batch_size * config.n_tokens
+    peak = runtime.peak_flops(dev)
     generator = torch.Generator()
     model.train()
-    bar = tqdm(range(start, p.steps), desc="transformer", initial=start, total=p.steps, unit="step")
+    bar = tqdm(range(start, p.steps), desc="transformer", initial=start, total=p.steps, unit="step", disable=not procs.main)
+    window_began, window_start = runtime.clock(dev), start  # throughput is timed between logs, evaluation left out
     for step in bar:
         lr = warmup_cosine(step, p.steps, p.warmup_steps, p.lr, p.min_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         generator.manual_seed(p.seed * 1_000_003 + step)
+        # The same global batch and masks in every process; each trains on its slice.
         index = torch.randint(len(train_tokens), (p.batch_size,), generator=generator).sort().values.numpy()
         x = torch.from_numpy(train_tokens[index].astype(np.int64))  # (B, N)
         mask = random_token_mask(mask_counts(len(x), x.shape[1], p, generator), x.shape[1], generator)
+        x, mask = x[procs.rank::procs.world], mask[procs.rank::procs.world]  # (B / world, N)
         with runtime.autocast(dev, p.amp):
-            loss, _ = masked_loss(model, x.to(dev), mask.to(dev), p.label_smoothing)
+            loss, _ = masked_loss(stepper, config.mask_id, x.to(dev), mask.to(dev), p.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         done = step + 1
-        if done % LOG_EVERY == 0 or done == p.steps:
-            row = {"step": done, "train_loss": loss.item(), "lr": lr}
+        if procs.main and (done % LOG_EVERY == 0 or done == p.steps):
+            seconds = (runtime.clock(dev) - window_began) / (done - window_start)  # per step
+            row = {"step": done, "train_loss": loss.item(), "lr": lr, "tokens_per_s": p.batch_size * config.n_tokens / seconds}
+            if peak:
+                row["mfu"] = flops_per_step / seconds / (peak * procs.world)
             if done % p.eval_every == 0 or done == p.steps:
-                row.update(evaluate(model, val, p.eval_mask_ratio, p.batch_size * 4, p.amp))
+                row.update(evaluate(model, val, p.eval_mask_ratios, p.batch_size * 4, p.amp))
                 if row["val_accuracy"] > best["val_accuracy"]:
                     best = {"val_accuracy": row["val_accuracy"], "step": done}
-                bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{row['val_accuracy']:.3f}")
             curve.append(row)
             mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
-        if done % p.checkpoint_every == 0 and done < p.steps:
+            bar.set_postfix({"loss": f"{loss.item():.3f}", "tok/s": f"{row['tokens_per_s']:.0f}",
+                             **({"mfu": f"{row['mfu']:.1%}"} if peak else {}),
+                             **({"val_acc": f"{row['val_accuracy']:.3f}"} if "val_accuracy" in row else {})})
+            window_began, window_start = runtime.clock(dev), done
+        if procs.main and done % p.checkpoint_every == 0 and done < p.steps:
             resume.save(model, optimizer, done, best, curve)
+    if not procs.main:
+        return TransformerResult(model.eval(), {}, curve)
     final = {k: v for k, v in curve[-1].items() if k.startswith("val_")}
-    result = {**final, "best_val_accuracy": best["val_accuracy"], "best_step": best["step"],
-              "eval_mask_ratio": p.eval_mask_ratio, "steps": p.steps}
+    result = {**final, "baseline_accuracy": baseline, "best_val_accuracy": best["val_accuracy"], "best_step": best["step"],
+              "eval_mask_ratios": list(p.eval_mask_ratios), "steps": p.steps, "processes": procs.world,
+              "tokens_per_s": curve[-1]["tokens_per_s"], **({"mfu": curve[-1]["mfu"]} if peak else {})}
     return TransformerResult(model.eval(), result, curve)
