@@ -85,7 +85,7 @@ def test_inconsistent_training_params_fail_with_the_key(tmp_path, updates, messa
 def test_perceptual_term_and_lpips_metric_with_an_injected_network(tiny_chain, tmp_path, monkeypatch):
     net = TinyLPIPS()
     monkeypatch.setattr(perceptual, "resolve_lpips", lambda device, download, trunk="alex": perceptual.Backbone(net, None))
-    p = config.load(write_tiny_params(tmp_path / "params.yaml", vqgan={"steps": 6, "disc_start": 2})).vqgan
+    p = config.load(write_tiny_params(tmp_path / "params.yaml", vqgan={"steps": 6, "disc_start": 2, "num_workers": 0})).vqgan
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with mlflow.start_run() as run:
         result = vqgan.train(p, 32, tiny_chain / "data/shards", tmp_path / "state.pt")
@@ -99,7 +99,7 @@ def test_perceptual_term_and_lpips_metric_with_an_injected_network(tiny_chain, t
 
 
 def test_without_lpips_weights_training_says_so_and_uses_l1(tiny_chain, tmp_path, capsys):
-    p = config.load(write_tiny_params(tmp_path / "params.yaml", vqgan={"steps": 2})).vqgan
+    p = config.load(write_tiny_params(tmp_path / "params.yaml", vqgan={"steps": 2, "num_workers": 0})).vqgan
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     result = vqgan.train(p, 32, tiny_chain / "data/shards", tmp_path / "state.pt")
     assert "training without the perceptual term" in capsys.readouterr().out
