@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from maskgit_inpaint.models.checkpoint import ForeignCheckpointError
+from maskgit_inpaint.models.checkpoint import ForeignCheckpointError, read_foreign_state_dict
 from maskgit_inpaint.models.vqgan import VQGAN, VQGANConfig
 
 # vqgan_imagenet_f16_1024's model.yaml (ddconfig, embed_dim, n_embed)
@@ -90,16 +90,31 @@ class ModelCheckpoint:
     """Stands for the Lightning callback class that Lightning pickles beside the weights."""
 
 
+class HParams:
+    """Stands for a hyperparameter object (Namespace, OmegaConf) pickled with constructor arguments and state."""
+
+    def __init__(self, name, size):
+        self.name, self.size = name, size
+
+    def __reduce__(self):
+        return HParams, (self.name, self.size), {"lr": 4.5e-6}
+
+    def __setstate__(self, state):
+        raise AssertionError("the loader must not run this class's code")
+
+
 def _save_lightning(path, state_dict):
     """torch.save a Lightning-style checkpoint whose callback state is keyed by a class of an uninstalled package."""
     names = ["pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint"]
     modules = {name: types.ModuleType(name) for name in names}
-    ModelCheckpoint.__module__ = names[-1]
-    modules[names[-1]].ModelCheckpoint = ModelCheckpoint
+    for cls in (ModelCheckpoint, HParams):
+        cls.__module__ = names[-1]
+        setattr(modules[names[-1]], cls.__name__, cls)
     sys.modules.update(modules)
     try:
         torch.save({"epoch": 3, "global_step": 1200, "pytorch-lightning_version": "1.0.8", "state_dict": state_dict,
                     "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5)}},
+                    "hyper_parameters": HParams("vqgan", 256),
                     "optimizer_states": [{"state": {}, "param_groups": [{"lr": 4.5e-6, "params": [0]}]}]}, path)
     finally:
         for name in names:
@@ -179,3 +194,9 @@ def test_truncated_or_missing_files_fail_clearly(f16_file, tmp_path):
     torch.save({"model": torch.zeros(3)}, tmp_path / "other.ckpt")
     with pytest.raises(ForeignCheckpointError, match=r"no encoder\.conv_in\.weight; not a taming-transformers VQModel"):
         VQGAN.from_taming_checkpoint(tmp_path / "other.ckpt")
+
+
+def test_the_legacy_torch_format_loads_too(tmp_path):
+    torch.save({"state_dict": {"quantize.embedding.weight": torch.ones(4, 2)}}, tmp_path / "old.ckpt",
+               _use_new_zipfile_serialization=False)  # torch < 1.6 wrote this format
+    assert torch.equal(read_foreign_state_dict(tmp_path / "old.ckpt")["quantize.embedding.weight"], torch.ones(4, 2))

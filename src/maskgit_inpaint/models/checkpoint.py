@@ -70,10 +70,22 @@ class ForeignCheckpointError(ValueError):
     """A checkpoint from another code base is missing, unreadable, or does not fit the model."""
 
 
+class _Inert:
+    """Stands in for a class or function pickled beside the weights: takes any arguments and state, runs nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.args = args
+
+    def __setstate__(self, state) -> None:
+        self.state = state
+
+
 def _placeholder(qualified_name: str) -> type:
-    """An inert class standing in for a class pickled beside the weights (it runs no code of its own)."""
     module, _, name = qualified_name.rpartition(".")
-    return type(name, (), {"__module__": module, "__doc__": f"placeholder for {qualified_name}"})
+    return type(name, (_Inert,), {"__module__": module, "__doc__": f"placeholder for {qualified_name}"})
 
 
 def read_foreign_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
@@ -87,7 +99,10 @@ def read_foreign_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ForeignCheckpointError(f"{path}: no such checkpoint file; download it or fix the path in params.yaml")
     try:
-        foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        try:
+            foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except (RuntimeError, ValueError):  # the legacy (pre-zip) format cannot be scanned; load it as it is
+            foreign = []
         with torch.serialization.safe_globals([(_placeholder(name), name) for name in foreign]):
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - a truncated or non-torch file: say which and why
