@@ -21,7 +21,8 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
         for split in shards.SPLITS:
             entries = places365.read_split(root, split, limits[split])
             min_shards = p.min_train_shards if split == "train" else 1
-            manifest["splits"][split] = shards.write_split(entries, tmp, split, p.image_size, p.shard_max_count, min_shards)
+            manifest["splits"][split] = shards.write_split(entries, tmp, split, p.image_size, p.shard_max_count, min_shards,
+                                                            p.min_side)
         write_json(tmp / shards.MANIFEST, manifest)
     counts = {s: manifest["splits"][s] for s in shards.SPLITS}
     rejected = sum(len(c["rejected"]) for c in counts.values())

@@ -109,5 +109,42 @@ def test_shards_are_byte_reproducible(tmp_path):
     for name in ("a", "b"):
         time.sleep(1.1)  # tar headers carry whole seconds: a later run must still write the same bytes
         (tmp_path / name).mkdir()
-        runs.append(shards.write_split(entries, tmp_path / name, "train", 32, max_count=5, min_shards=2)["shards"])
+        runs.append(shards.write_split(entries, tmp_path / name, "train", 32, max_count=5, min_shards=2, min_side=1)["shards"])
     assert runs[0] == runs[1] and len(runs[0]) >= 2
+
+
+def _png(tmp_path, name, img, **save):
+    path = tmp_path / name
+    img.save(path, **save)
+    return path
+
+
+@pytest.mark.parametrize("name, make, expected", [
+    ("gray.png", lambda: Image.new("L", (40, 40), 100), (100, 100, 100)),
+    ("bilevel.png", lambda: Image.new("1", (40, 40), 1), (255, 255, 255)),
+    ("cmyk.jpg", lambda: Image.new("CMYK", (40, 40), (0, 0, 0, 0)), (255, 255, 255)),
+    ("palette.png", lambda: Image.new("RGB", (40, 40), (200, 10, 10)).convert("P"), (200, 10, 10)),
+    ("transparent.png", lambda: Image.new("RGBA", (40, 40), (0, 0, 0, 0)), (255, 255, 255)),  # over white
+    ("gray_alpha.png", lambda: Image.new("LA", (40, 40), (0, 255)), (0, 0, 0)),
+    ("deep.png", lambda: Image.fromarray(np.full((40, 40), 65535, dtype=np.uint16)), (255, 255, 255)),  # 16 bit
+])
+def test_every_image_mode_becomes_the_rgb_a_viewer_shows(tmp_path, name, make, expected):
+    data, ext = shards.prepare_image(_png(tmp_path, name, make()), 32)
+    out = np.asarray(Image.open(io.BytesIO(data)))
+    assert ext == "png" and out.shape == (32, 32, 3)
+    assert np.abs(out.reshape(-1, 3).mean(0) - expected).max() <= 2
+
+
+def test_empty_too_small_and_truncated_files_are_rejected_with_the_reason(tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(shards.RejectedImage, match=r"empty file \(0 bytes\)"):
+        shards.prepare_image(empty, 32)
+    tiny = _png(tmp_path, "tiny.png", Image.new("RGB", (20, 12)))
+    with pytest.raises(shards.RejectedImage, match=r"too small: 20x12.*data.min_side \(16\)"):
+        shards.prepare_image(tiny, 32, min_side=16)
+    whole = _png(tmp_path, "whole.png", Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
+    with pytest.raises(shards.RejectedImage, match="cannot decode"):
+        shards.prepare_image(truncated, 32)

@@ -45,6 +45,7 @@ class SampleParams(Section):
 class DataParams(Section):
     source: str  # "embedded" (paths.raw) or the root of a Places365-Standard copy
     image_size: int = Field(..., ge=8)  # images are resized (shorter side) and center-cropped to this
+    min_side: int = Field(..., ge=1)  # images with a shorter side below this are rejected, not blown up
     shard_max_count: int = Field(..., ge=1)  # images per tar shard
     min_train_shards: int = Field(..., ge=1)  # >= dataloader workers, so no worker starves
     limit_train: int | None = Field(..., ge=1)  # take the first N of the train list (None: all)

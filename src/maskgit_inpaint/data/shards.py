@@ -38,35 +38,51 @@ def fit(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def prepare_image(path: Path, size: int) -> tuple[bytes, str]:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: transparency over white, 16/32-bit gray scaled to 8 bits, the rest by PIL's conversion."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    if img.mode.startswith("I") or img.mode == "F":  # 16-bit PNGs, 32-bit TIFFs: plain conversion would clip
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if values.max() > 255 else 255.0
+        return Image.fromarray(np.clip(values / top * 255 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
+def prepare_image(path: Path, size: int, min_side: int = 1) -> tuple[bytes, str]:
     """Image file -> (encoded bytes, extension) of an RGB size x size image.
 
     A JPEG already upright, RGB and at the right size passes through byte for byte
     (no re-encoding loss); anything else is turned upright (EXIF orientation),
-    converted to RGB, fitted to size x size and stored as lossless PNG.
+    converted to RGB (`to_rgb`), fitted to size x size and stored as lossless PNG.
+    Images whose shorter side is below `min_side` are rejected rather than blown up.
     """
     try:
         raw = path.read_bytes()
+        if not raw:
+            raise RejectedImage("empty file (0 bytes)")
         with Image.open(io.BytesIO(raw)) as img:
             img.load()
+            if min(img.size) < min_side:
+                raise RejectedImage(f"too small: {img.width}x{img.height}, shorter side under data.min_side ({min_side})")
             upright = img.getexif().get(ORIENTATION, 1) == 1
             if img.format == "JPEG" and img.mode == "RGB" and img.size == (size, size) and upright:
                 return raw, "jpg"
-            img = ImageOps.exif_transpose(img).convert("RGB")
+            img = to_rgb(ImageOps.exif_transpose(img))
     except FileNotFoundError as err:
         raise RejectedImage("file listed but missing") from err
     except UnidentifiedImageError as err:
         raise RejectedImage("cannot decode: not an image format PIL reads") from err
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise RejectedImage(f"cannot decode: {err}") from err
-    if min(img.size) < 1:
-        raise RejectedImage(f"empty image {img.size}")
     buffer = io.BytesIO()
     fit(img, size).save(buffer, format="PNG")
     return buffer.getvalue(), "png"
 
 
-def write_split(entries: list[places365.Entry], out_dir: Path, split: str, image_size: int, max_count: int, min_shards: int) -> dict:
+def write_split(entries: list[places365.Entry], out_dir: Path, split: str, image_size: int, max_count: int, min_shards: int,
+                min_side: int) -> dict:
     """Write one split's shards into out_dir; returns its manifest section."""
     per_shard = max(1, min(max_count, math.ceil(len(entries) / min_shards)))
     rejected = []
@@ -76,7 +92,7 @@ def write_split(entries: list[places365.Entry], out_dir: Path, split: str, image
     with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0, mtime=0) as sink:
         for entry in tqdm(entries, desc=f"shard {split}", unit="img", leave=False):
             try:
-                data, ext = prepare_image(entry.path, image_size)
+                data, ext = prepare_image(entry.path, image_size, min_side)
             except RejectedImage as err:
                 rejected.append({"path": entry.relative, "reason": str(err)})
                 continue
