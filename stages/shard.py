@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from maskgit_inpaint import config
-from maskgit_inpaint.data import places365, shards
+from maskgit_inpaint.data import image_folder, places365, shards
 from maskgit_inpaint.io import atomic_dir, write_json
 
 
@@ -16,10 +16,17 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     p, out = params.data, params.paths.shards
     root = params.paths.raw if p.source == "embedded" else Path(p.source)
     limits = {"train": p.limit_train, "val": p.limit_val}
-    manifest = {"source": str(root), "image_size": p.image_size, "categories": places365.read_categories(root), "splits": {}}
+    if places365.is_places365_root(root):
+        categories = places365.read_categories(root)
+        splits = {split: places365.read_split(root, split, limits[split]) for split in shards.SPLITS}
+    else:  # any folder of images: no classes, val chosen by the seed
+        categories = []
+        splits = {split: entries[:limits[split]] for split, entries in
+                  image_folder.read_splits(root, p.folder_val_fraction, p.seed).items()}
+    manifest = {"source": str(root), "image_size": p.image_size, "categories": categories, "splits": {}}
     with atomic_dir(out) as tmp:
         for split in shards.SPLITS:
-            entries = places365.read_split(root, split, limits[split])
+            entries = splits[split]
             min_shards = p.min_train_shards if split == "train" else 1
             manifest["splits"][split] = shards.write_split(entries, tmp, split, p.image_size, p.shard_max_count, min_shards,
                                                             p.min_side)

@@ -11,7 +11,7 @@ from maskgit_inpaint.data import places365, sample, shards
 from maskgit_inpaint.data.scenes import CATEGORIES
 from maskgit_inpaint.io import atomic_dir
 
-from conftest import run_stage
+from conftest import run_stage, write_tiny_params
 
 
 def test_sample_is_places365_layout_and_deterministic(tmp_path):
@@ -148,3 +148,31 @@ def test_empty_too_small_and_truncated_files_are_rejected_with_the_reason(tmp_pa
     truncated.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
     with pytest.raises(shards.RejectedImage, match="cannot decode"):
         shards.prepare_image(truncated, 32)
+
+
+def test_any_folder_of_images_shards_with_a_seeded_val_split(tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        folder = photos / ("2024/summer" if i % 2 else "misc")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 40 + i, 3), dtype=np.uint8)).save(folder / f"IMG {i}.JPG")
+    (photos / "misc/notes.txt").write_text("not an image")
+    (photos / "misc/broken.png").write_bytes(b"\x89PNG broken")
+    project = tmp_path / "project"
+    project.mkdir()
+    write_tiny_params(project / "params.yaml", data={"source": str(photos), "folder_val_fraction": 0.2})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    done = run_stage("shard", project)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((project / "data/shards/manifest.json").read_text())
+    train, val = manifest["splits"]["train"], manifest["splits"]["val"]
+    assert manifest["categories"] == []
+    assert train["count"] + val["count"] == 24 and len(train["rejected"]) + len(val["rejected"]) == 1  # 25 images found
+    assert val["count"] + len(val["rejected"]) == 5  # round(0.2 * 25)
+    images, keys = shards.load_split(shards.shard_urls(project / "data/shards", "val"))
+    assert images.shape[1:] == (3, 32, 32) and all("/" not in k and "." not in k for k in keys)
+    sample_ = next(iter(shards.dataset(shards.shard_urls(project / "data/shards", "train"), None)))
+    assert sample_["cls"] == -1
+    again = run_stage("shard", project)  # the same seed picks the same val images
+    assert again.returncode == 0 and json.loads((project / "data/shards/manifest.json").read_text()) == manifest

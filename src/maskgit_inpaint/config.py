@@ -43,7 +43,9 @@ class SampleParams(Section):
 
 
 class DataParams(Section):
-    source: str  # "embedded" (paths.raw) or the root of a Places365-Standard copy
+    source: str  # "embedded" (paths.raw), the root of a Places365-Standard copy, or any folder of images
+    seed: int  # picks the val images of a plain image folder
+    folder_val_fraction: float = Field(..., gt=0.0, lt=1.0)  # share of a plain image folder held out for val
     image_size: int = Field(..., ge=8)  # images are resized (shorter side) and center-cropped to this
     min_side: int = Field(..., ge=1)  # images with a shorter side below this are rejected, not blown up
     shard_max_count: int = Field(..., ge=1)  # images per tar shard

@@ -26,6 +26,11 @@ class LayoutError(FileNotFoundError):
     """The folder is not in the Places365-Standard layout."""
 
 
+def is_places365_root(root: Path) -> bool:
+    """Does `root` hold the Places365-Standard category list (rather than just images)?"""
+    return (root / CATEGORIES_FILE).is_file()
+
+
 def image_dir(root: Path, split: str) -> Path:
     for name in SPLIT_DIRS[split]:
         if (root / name).is_dir():
