@@ -16,6 +16,7 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     p, out = params.data, params.paths.shards
     root = params.paths.raw if p.source == "embedded" else Path(p.source)
     limits = {"train": p.limit_train, "val": p.limit_val}
+    layout = "Places365 layout" if places365.is_places365_root(root) else "image folder, no classes"
     if places365.is_places365_root(root):
         categories = places365.read_categories(root)
         splits = {split: places365.read_split(root, split, limits[split]) for split in shards.SPLITS}
@@ -33,7 +34,7 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
         write_json(tmp / shards.MANIFEST, manifest)
     counts = {s: manifest["splits"][s] for s in shards.SPLITS}
     rejected = sum(len(c["rejected"]) for c in counts.values())
-    print(f"shard: train {counts['train']['count']} images in {len(counts['train']['shards'])} shards, "
+    print(f"shard: {root} ({layout}): train {counts['train']['count']} images in {len(counts['train']['shards'])} shards, "
           f"val {counts['val']['count']} in {len(counts['val']['shards'])}; {rejected} rejected "
           f"(reasons in {out / shards.MANIFEST}) ({time.perf_counter() - began:.1f}s)")
 

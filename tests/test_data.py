@@ -165,6 +165,7 @@ def test_any_folder_of_images_shards_with_a_seeded_val_split(tmp_path, monkeypat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
     done = run_stage("shard", project)
     assert done.returncode == 0, done.stderr
+    assert "(image folder, no classes)" in done.stdout
     manifest = json.loads((project / "data/shards/manifest.json").read_text())
     train, val = manifest["splits"]["train"], manifest["splits"]["val"]
     assert manifest["categories"] == []
