@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,17 @@ def stage_env(env: dict | None = None) -> dict:
 def run_stage(name: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m stages.<name>` as DVC would, from `cwd`."""
     return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=cwd, env=stage_env(env), capture_output=True, text=True)
+
+
+def kill_stage_at_first_checkpoint(name: str, cwd: Path, env: dict, state: Path) -> None:
+    """Start `python -m stages.<name>` and SIGKILL it as soon as its training-state file appears."""
+    proc = subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=cwd, env=stage_env(env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.fixture(scope="session")

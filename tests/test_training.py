@@ -1,9 +1,7 @@
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from maskgit_inpaint.models.transformer import MaskedTokenTransformer, Transform
 from maskgit_inpaint.training.resume import Resume, ResumeMismatch
 from maskgit_inpaint.training.transformer import training_flops_per_token
 
-from conftest import run_stage, stage_env, write_tiny_params
+from conftest import kill_stage_at_first_checkpoint, run_stage, stage_env, write_tiny_params
 
 LONGER = {"steps": 300, "batch_size": 32, "n_embd": 64, "n_head": 2, "checkpoint_every": 20, "eval_every": 100}
 
@@ -35,15 +33,8 @@ def test_killed_training_resumes_to_the_same_weights(tiny_chain, tmp_path):
     assert not (straight / "checkpoints/transformer.pt").exists()  # removed once the outs are written
 
     env = _project(tiny_chain, killed, LONGER)
-    proc = subprocess.Popen([sys.executable, "-m", "stages.train_transformer"], cwd=killed,
-                            env=stage_env(env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = killed / "checkpoints/transformer.pt"
-    deadline = time.time() + 120
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_stage_at_first_checkpoint("train_transformer", killed, env, state)
     assert state.exists(), "training finished before its first checkpoint; make LONGER longer"
     assert not (killed / "models/transformer").exists()  # a killed stage leaves no half-written out
 

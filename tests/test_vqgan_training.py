@@ -2,10 +2,6 @@
 import json
 import math
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import mlflow
 import pytest
@@ -16,7 +12,7 @@ from maskgit_inpaint import config, perceptual
 from maskgit_inpaint.models.losses import LossConfig, PatchDiscriminator, TokenizerLoss, adaptive_weight, hinge_d_loss
 from maskgit_inpaint.training import vqgan
 
-from conftest import run_stage, stage_env, write_tiny_params
+from conftest import kill_stage_at_first_checkpoint, run_stage, write_tiny_params
 
 
 def _project(tiny_chain, path, **vqgan_updates):
@@ -134,14 +130,8 @@ def test_killed_vqgan_training_resumes_to_the_same_weights(tiny_chain, tmp_path)
     assert done.returncode == 0, done.stderr
 
     env = _project(tiny_chain, killed, **updates)
-    proc = subprocess.Popen([sys.executable, "-m", "stages.finetune_vqgan"], cwd=killed, env=stage_env(env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = killed / "checkpoints/vqgan.pt"
-    deadline = time.time() + 120
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_stage_at_first_checkpoint("finetune_vqgan", killed, env, state)
     assert state.exists(), "training finished before its first checkpoint; give it more steps"
     assert not (killed / "models/vqgan").exists()
 
