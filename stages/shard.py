@@ -1,12 +1,13 @@
-"""Stage `shard`: Places365-layout images -> WebDataset tar shards + manifest.json."""
+"""Stage `shard`: images from `data.source` (any layout sources.py reads) -> WebDataset tar shards + manifest.json."""
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from maskgit_inpaint import config
-from maskgit_inpaint.data import image_folder, places365, shards
+from maskgit_inpaint.data import sharding, shards, sources
 from maskgit_inpaint.io import atomic_dir, write_json
 
 
@@ -15,27 +16,33 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     params = config.load(params_file)
     p, out = params.data, params.paths.shards
     root = params.paths.raw if p.source == "embedded" else Path(p.source)
-    limits = {"train": p.limit_train, "val": p.limit_val}
-    layout = "Places365 layout" if places365.is_places365_root(root) else "image folder, no classes"
-    if places365.is_places365_root(root):
-        categories = places365.read_categories(root)
-        splits = {split: places365.read_split(root, split, limits[split]) for split in shards.SPLITS}
-    else:  # any folder of images: no classes, val chosen by the seed
-        categories = []
-        splits = {split: entries[:limits[split]] for split, entries in
-                  image_folder.read_splits(root, p.folder_val_fraction, p.seed).items()}
-    manifest = {"source": str(root), "image_size": p.image_size, "categories": categories, "splits": {}}
+    source = sources.open_source(root, p.folder_val_fraction, p.seed)
+    limits = {"train": p.max_train, "val": p.max_val}
+    jobs = {split: sharding.plan(split, sources.subset(source.splits[split], limits[split], p.seed), p.shard_max_count,
+                                 p.min_train_shards if split == "train" else 1)
+            for split in shards.SPLITS}
+    # Shards are built outside the out (which DVC clears before a run), so a killed run resumes from them.
+    work_dir = params.paths.checkpoints / "shard"
+    encoding = sharding.Encoding(p.image_size, p.min_side, p.jpeg_quality)
+    built = sharding.write_shards(jobs["train"] + jobs["val"], work_dir, encoding, p.workers)
+    manifest = {"source": str(root), "layout": source.description, "image_size": p.image_size,
+                "categories": source.categories, "splits": {}}
     with atomic_dir(out) as tmp:
         for split in shards.SPLITS:
-            entries = splits[split]
-            min_shards = p.min_train_shards if split == "train" else 1
-            manifest["splits"][split] = shards.write_split(entries, tmp, split, p.image_size, p.shard_max_count, min_shards,
-                                                            p.min_side)
+            results = [r for r in built if r["name"].startswith(f"{split}-")]
+            for r in results:
+                shutil.move(work_dir / r["name"], tmp / r["name"])
+            manifest["splits"][split] = {
+                "count": sum(r["count"] for r in results),
+                "rejected": source.rejected[split] + [row for r in results for row in r["rejected"]],
+                "shards": [{"name": r["name"], "sha256": r["sha256"]} for r in results],
+            }
         write_json(tmp / shards.MANIFEST, manifest)
-    counts = {s: manifest["splits"][s] for s in shards.SPLITS}
-    rejected = sum(len(c["rejected"]) for c in counts.values())
-    print(f"shard: {root} ({layout}): train {counts['train']['count']} images in {len(counts['train']['shards'])} shards, "
-          f"val {counts['val']['count']} in {len(counts['val']['shards'])}; {rejected} rejected "
+    shutil.rmtree(work_dir)
+    splits = manifest["splits"]
+    rejected = sum(len(s["rejected"]) for s in splits.values())
+    print(f"shard: {root} ({source.description}): train {splits['train']['count']} images in {len(splits['train']['shards'])} "
+          f"shards, val {splits['val']['count']} in {len(splits['val']['shards'])}; {rejected} rejected "
           f"(reasons in {out / shards.MANIFEST}) ({time.perf_counter() - began:.1f}s)")
 
 

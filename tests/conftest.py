@@ -64,7 +64,7 @@ def run_stage(name: str, cwd: Path, env: dict | None = None) -> subprocess.Compl
 
 
 def kill_stage_at_first_checkpoint(name: str, cwd: Path, env: dict, state: Path) -> None:
-    """Start `python -m stages.<name>` and SIGKILL it as soon as its training-state file appears."""
+    """Start `python -m stages.<name>` and SIGKILL it as soon as the file `state` appears (a checkpoint, a shard)."""
     proc = subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=cwd, env=stage_env(env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from maskgit_inpaint.data import shards
+from maskgit_inpaint.data import images
 
 CLI = str(Path(sys.executable).with_name("maskgit-inpaint"))
 
@@ -25,7 +25,7 @@ def test_inpaint_one_photograph_of_any_size(tiny_chain, tmp_path):
     completed = np.asarray(Image.open(out))
     assert completed.shape == (32, 32, 3)
     # Pixels far from the hole are the input's (fitted) pixels.
-    fitted = np.asarray(shards.fit(Image.open(photo).convert("RGB"), 32))
+    fitted = np.asarray(images.fit(Image.open(photo).convert("RGB"), 32))
     assert np.abs(completed[:3].astype(int) - fitted[:3]).max() <= 1
 
 

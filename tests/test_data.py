@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskgit_inpaint.data import places365, sample, shards
+from maskgit_inpaint.data import images, places365, sample, sharding, shards
 from maskgit_inpaint.data.scenes import CATEGORIES
 from maskgit_inpaint.io import atomic_dir
 
@@ -41,11 +41,11 @@ def test_scenes_have_structure_not_noise():
 def test_prepare_image_resizes_crops_and_passes_jpegs_through(tmp_path):
     wide = tmp_path / "wide.png"
     Image.new("RGBA", (80, 40), (10, 200, 30, 128)).save(wide)
-    data, ext = shards.prepare_image(wide, 32)
+    data, ext = images.prepare_image(wide.read_bytes(), 32)
     assert ext == "png" and Image.open(io.BytesIO(data)).size == (32, 32) and Image.open(io.BytesIO(data)).mode == "RGB"
     exact = tmp_path / "exact.jpg"
     Image.new("RGB", (32, 32), (1, 2, 3)).save(exact, quality=90)
-    assert shards.prepare_image(exact, 32) == (exact.read_bytes(), "jpg")
+    assert images.prepare_image(exact.read_bytes(), 32) == (exact.read_bytes(), "jpg")
 
 
 def test_shard_stage_rejects_and_counts_bad_files(tiny_project):
@@ -94,10 +94,10 @@ def test_exif_rotated_photographs_are_stored_upright(tmp_path):
     img = Image.new("RGB", (32, 32), (0, 0, 0))
     img.paste((255, 0, 0), (0, 0, 32, 8))  # red band on top as stored
     exif = Image.Exif()
-    exif[shards.ORIENTATION] = 6  # "rotate 90 degrees clockwise to display"
+    exif[images.ORIENTATION] = 6  # "rotate 90 degrees clockwise to display"
     path = tmp_path / "phone.jpg"
     img.save(path, exif=exif, quality=95)
-    data, ext = shards.prepare_image(path, 32)
+    data, ext = images.prepare_image(path.read_bytes(), 32)
     upright = np.asarray(Image.open(io.BytesIO(data)))
     assert ext == "png" and upright[16, 28, 0] > 200 and upright[2, 16, 0] < 50  # the band is now on the right
 
@@ -108,9 +108,10 @@ def test_shards_are_byte_reproducible(tmp_path):
     runs = []
     for name in ("a", "b"):
         time.sleep(1.1)  # tar headers carry whole seconds: a later run must still write the same bytes
-        (tmp_path / name).mkdir()
-        runs.append(shards.write_split(entries, tmp_path / name, "train", 32, max_count=5, min_shards=2, min_side=1)["shards"])
+        jobs = sharding.plan("train", entries, max_count=5, min_shards=2)
+        runs.append(sharding.write_shards(jobs, tmp_path / name, sharding.Encoding(32, 1, None), workers=0))
     assert runs[0] == runs[1] and len(runs[0]) >= 2
+    assert (tmp_path / "a" / runs[0][0]["name"]).read_bytes() == (tmp_path / "b" / runs[0][0]["name"]).read_bytes()
 
 
 def _png(tmp_path, name, img, **save):
@@ -129,7 +130,7 @@ def _png(tmp_path, name, img, **save):
     ("deep.png", lambda: Image.fromarray(np.full((40, 40), 65535, dtype=np.uint16)), (255, 255, 255)),  # 16 bit
 ])
 def test_every_image_mode_becomes_the_rgb_a_viewer_shows(tmp_path, name, make, expected):
-    data, ext = shards.prepare_image(_png(tmp_path, name, make()), 32)
+    data, ext = images.prepare_image(_png(tmp_path, name, make()).read_bytes(), 32)
     out = np.asarray(Image.open(io.BytesIO(data)))
     assert ext == "png" and out.shape == (32, 32, 3)
     assert np.abs(out.reshape(-1, 3).mean(0) - expected).max() <= 2
@@ -138,16 +139,16 @@ def test_every_image_mode_becomes_the_rgb_a_viewer_shows(tmp_path, name, make, e
 def test_empty_too_small_and_truncated_files_are_rejected_with_the_reason(tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
-    with pytest.raises(shards.RejectedImage, match=r"empty file \(0 bytes\)"):
-        shards.prepare_image(empty, 32)
+    with pytest.raises(images.RejectedImage, match=r"empty file \(0 bytes\)"):
+        images.prepare_image(empty.read_bytes(), 32)
     tiny = _png(tmp_path, "tiny.png", Image.new("RGB", (20, 12)))
-    with pytest.raises(shards.RejectedImage, match=r"too small: 20x12.*data.min_side \(16\)"):
-        shards.prepare_image(tiny, 32, min_side=16)
+    with pytest.raises(images.RejectedImage, match=r"too small: 20x12.*data.min_side \(16\)"):
+        images.prepare_image(tiny.read_bytes(), 32, min_side=16)
     whole = _png(tmp_path, "whole.png", Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
-    with pytest.raises(shards.RejectedImage, match="cannot decode"):
-        shards.prepare_image(truncated, 32)
+    with pytest.raises(images.RejectedImage, match="cannot decode"):
+        images.prepare_image(truncated.read_bytes(), 32)
 
 
 def test_any_folder_of_images_shards_with_a_seeded_val_split(tmp_path, monkeypatch):

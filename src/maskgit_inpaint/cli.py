@@ -19,7 +19,7 @@ from PIL import Image
 
 from maskgit_inpaint import config, masks, metrics, runtime, sampling
 from maskgit_inpaint.data import shards
-from maskgit_inpaint.data.shards import RejectedImage
+from maskgit_inpaint.data.images import RejectedImage, prepare_image, read_file
 from maskgit_inpaint.evaluation import composite
 from maskgit_inpaint.models.checkpoint import CONFIG
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer
@@ -48,7 +48,7 @@ def _inpaint(params: config.Params, args: argparse.Namespace) -> None:
     transformer = MaskedTokenTransformer.load(params.paths.transformer, dev)
     size = vqgan.config.resolution
     try:
-        data, _ = shards.prepare_image(Path(args.image), size)
+        data, _ = prepare_image(read_file(Path(args.image)), size)
     except RejectedImage as err:
         sys.exit(f"{args.image}: {err}")
     image = torch.from_numpy(np.array(Image.open(io.BytesIO(data)))).permute(2, 0, 1)[None].float() / 127.5 - 1

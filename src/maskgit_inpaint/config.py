@@ -43,15 +43,17 @@ class SampleParams(Section):
 
 
 class DataParams(Section):
-    source: str  # "embedded" (paths.raw), the root of a Places365-Standard copy, or any folder of images
-    seed: int  # picks the val images of a plain image folder
+    source: str  # "embedded" (paths.raw), the folder of the Places365 downloads or a copy, a .tar, or any folder of images
+    seed: int  # picks the max_train / max_val subsets and the val images of a plain image folder
     folder_val_fraction: float = Field(..., gt=0.0, lt=1.0)  # share of a plain image folder held out for val
     image_size: int = Field(..., ge=8)  # images are resized (shorter side) and center-cropped to this
     min_side: int = Field(..., ge=1)  # images with a shorter side below this are rejected, not blown up
+    jpeg_quality: int | None = Field(..., ge=1, le=100)  # re-encoded images: JPEG quality, None: lossless PNG
     shard_max_count: int = Field(..., ge=1)  # images per tar shard
     min_train_shards: int = Field(..., ge=1)  # >= dataloader workers, so no worker starves
-    limit_train: int | None = Field(..., ge=1)  # take the first N of the train list (None: all)
-    limit_val: int | None = Field(..., ge=1)
+    max_train: int | None = Field(..., ge=1)  # a seeded random subset of this many train images (None: all)
+    max_val: int | None = Field(..., ge=1)
+    workers: int = Field(..., ge=0)  # processes that decode and resize (0: in the stage's own process)
 
 
 TOKENIZER_PARTS = ("encoder", "codebook", "decoder")  # encoder includes quant_conv, decoder post_quant_conv

@@ -1,29 +1,36 @@
-"""The Places365-Standard file layout: category list, train/val file lists, image folders.
+"""The Places365-Standard layouts: category list, train/val file lists, image folders, official archives.
 
-The embedded sample is written in this layout, so the reader serves both it and a
-real copy of Places365 (http://places2.csail.mit.edu/download.html).
+The embedded sample is written in the extracted file-list layout, so the reader serves
+both it and a real copy of Places365 (http://places2.csail.mit.edu/download.html).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+SPLITS = ("train", "val")
 CATEGORIES_FILE = "categories_places365.txt"
 SPLIT_LISTS = {"train": "places365_train_standard.txt", "val": "places365_val.txt"}
 # Image folders of the official archives, small (256x256) first.
 SPLIT_DIRS = {"train": ("data_256", "data_large"), "val": ("val_256", "val_large")}
+# The official downloads, read as they are (never extracted).
+FILELIST_ARCHIVE = "filelist_places365-standard.tar"
+SPLIT_ARCHIVES = {"train": ("train_256_places365standard.tar", "train_large_places365standard.tar"),
+                  "val": ("val_256.tar", "val_large.tar")}
+EASYFORMAT_ARCHIVE = "places365standard_easyformat.tar"
 
 
 @dataclass(frozen=True)
 class Entry:
-    key: str  # unique, WebDataset-safe (no dots, no slashes)
-    path: Path  # image path (under the root as given)
-    relative: str  # the path as the file list writes it
-    label: int
+    key: str  # unique within its split, WebDataset-safe (no dots, no slashes)
+    path: Path  # the image file, or the archive that holds it
+    relative: str  # the image's name as its list or archive writes it
+    label: int  # class index, -1 without classes
+    span: tuple[int, int] | None = None  # (offset, size) of the image in the archive `path`; None: the whole file
 
 
 class LayoutError(FileNotFoundError):
-    """The folder is not in the Places365-Standard layout."""
+    """The source is not in the layout it claims to be."""
 
 
 def is_places365_root(root: Path) -> bool:
@@ -41,16 +48,37 @@ def image_dir(root: Path, split: str) -> Path:
     )
 
 
+def parse_categories(text: str, origin: str) -> list[str]:
+    """'/a/airfield 0' lines -> names in index order."""
+    names = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                name, index = line.rsplit(maxsplit=1)
+                names[int(index)] = name
+            except ValueError as err:
+                raise LayoutError(f"{origin}:{number}: expected '<category> <index>', got {line!r}") from err
+    return [names[i] for i in sorted(names)]
+
+
+def parse_split_list(text: str, origin: str) -> list[tuple[str, int]]:
+    """'/a/airfield/00000001.jpg 0' lines -> (relative path, label) in list order."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                relative, label = line.rsplit(maxsplit=1)
+                rows.append((relative, int(label)))
+            except ValueError as err:
+                raise LayoutError(f"{origin}:{number}: expected '<relative path> <label>', got {line!r}") from err
+    return rows
+
+
 def read_categories(root: Path) -> list[str]:
     path = root / CATEGORIES_FILE
     if not path.is_file():
-        raise LayoutError(f"{path}: not found; a Places365 root holds {CATEGORIES_FILE} (from filelist_places365-standard.tar)")
-    names = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            name, index = line.rsplit(maxsplit=1)
-            names[int(index)] = name
-    return [names[i] for i in sorted(names)]
+        raise LayoutError(f"{path}: not found; a Places365 root holds {CATEGORIES_FILE} (from {FILELIST_ARCHIVE})")
+    return parse_categories(path.read_text(), str(path))
 
 
 def key_for(relative: str) -> str:
@@ -59,25 +87,14 @@ def key_for(relative: str) -> str:
     return stem.replace("/", "__").replace(".", "_")
 
 
-def read_split(root: Path | str, split: str, limit: int | None = None) -> list[Entry]:
-    """Entries of one split in file-list order (the first `limit` when given)."""
+def read_split(root: Path | str, split: str) -> list[Entry]:
+    """Entries of one split of an extracted copy, in file-list order."""
     root = Path(root)
     path = root / SPLIT_LISTS[split]
     if not path.is_file():
-        raise LayoutError(f"{path}: not found; a Places365 root holds {SPLIT_LISTS[split]} (from filelist_places365-standard.tar)")
+        raise LayoutError(f"{path}: not found; a Places365 root holds {SPLIT_LISTS[split]} (from {FILELIST_ARCHIVE})")
     folder = image_dir(root, split)
-    entries = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            relative, label = line.rsplit(maxsplit=1)
-            entries.append(Entry(key_for(relative), folder / relative.lstrip("/"), relative, int(label)))
-        except ValueError as err:
-            raise LayoutError(f"{path}:{number}: expected '<relative path> <label>', got {line!r}") from err
-        if limit is not None and len(entries) >= limit:
-            break
-    return entries
+    return [Entry(key_for(rel), folder / rel.lstrip("/"), rel, label) for rel, label in parse_split_list(path.read_text(), str(path))]
 
 
 def write_layout(root: Path, categories: list[str], train: list[tuple[str, int]], val: list[tuple[str, int]]) -> None:

@@ -1,0 +1,109 @@
+"""Is the shard loader decode-bound? images/s of the input pipeline's parts, side by side.
+
+Per image size (64 px: the embedded profile; 256 px: Places365's small images), on the
+same photo-like JPEGs (procedural scenes, quality 90, already at the size, so sharding
+checks and passes them through as it does Places365's 256 px files):
+- sharding: loose files -> shards with the stage's writer (data.workers processes);
+- decode: the loader's decode (JPEG -> (3, H, W) float tensor) from bytes in memory,
+  one process: the most a loader in one process can deliver on this machine;
+- shard_read: the training loader (train_batches: shard shuffle, shuffle buffer,
+  tar parsing, decode, batching), one process;
+- loose_files: reading each file from disk and the same decode, one process.
+Files were just written, so reads come from the page cache: this measures framework
+overhead, not the disk. Each figure is the best of ROUNDS; the read paths take turns.
+ratio = min over sizes of shard_read / decode (>= 0.8: overhead under 20%). Last line: JSON.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from maskgit_inpaint import config
+from maskgit_inpaint.data import sharding, shards, sources
+from maskgit_inpaint.data.scenes import CATEGORIES, render
+
+ROUNDS = 3
+BATCH = 32
+SIZES = {64: 2048, 256: 512}  # image size -> images
+
+
+def write_photos(root: Path, size: int, count: int) -> list[Path]:
+    rng = np.random.default_rng(size)
+    paths = []
+    for i in range(count):
+        category = CATEGORIES[i % len(CATEGORIES)]
+        path = root / "train" / category.strip("/").replace("/", "_") / f"{i:06d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(render(category, size, 0.02, rng)).save(path, quality=90)
+        paths.append(path)
+    (root / "val" / "any").mkdir(parents=True)
+    Image.fromarray(render(CATEGORIES[0], size, 0.02, rng)).save(root / "val/any/0.jpg", quality=90)
+    return paths
+
+
+def rate(count: int, seconds: float) -> float:
+    return count / seconds
+
+
+def timed(fn) -> float:
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
+
+
+def measure(size: int, count: int, workers: int, tmp: Path) -> dict:
+    paths = write_photos(tmp / "photos", size, count)
+    encoded = [p.read_bytes() for p in paths]
+    entries = sources.open_source(tmp / "photos", 0.1, 0).splits["train"]
+    jobs = sharding.plan("train", entries, max_count=256, min_shards=workers)
+    encoding = sharding.Encoding(size, 1, None)
+    sharding_s = min(timed(lambda r=r: sharding.write_shards(jobs, tmp / f"shards{r}", encoding, workers)) for r in range(ROUNDS))
+    urls = [str(tmp / "shards0" / job.name) for job in jobs]
+
+    def decode() -> None:
+        for data in encoded:
+            shards.decode_sample({"__key__": "k", "jpg": data, "cls": b"0"})
+
+    def shard_read() -> None:
+        batches = shards.train_batches(urls, BATCH, seed=0, num_workers=0)
+        for _ in range(count // BATCH):
+            next(batches)
+        batches.close()
+
+    def loose_files() -> None:
+        for path in paths:
+            shards.decode_sample({"__key__": "k", "jpg": path.read_bytes(), "cls": b"0"})
+
+    best = {"decode": np.inf, "shard_read": np.inf, "loose_files": np.inf}
+    decode()  # warm-up: imports, allocator
+    for _ in range(ROUNDS):
+        for name, fn in (("decode", decode), ("shard_read", shard_read), ("loose_files", loose_files)):
+            best[name] = min(best[name], timed(fn))
+    read = count // BATCH * BATCH
+    row = {"size": size, "images": count, "sharding": rate(count, sharding_s), "decode": rate(count, best["decode"]),
+           "shard_read": rate(read, best["shard_read"]), "loose_files": rate(count, best["loose_files"])}
+    row["ratio"] = row["shard_read"] / row["decode"]
+    return row
+
+
+def main() -> None:
+    workers = config.load(config.DEFAULT_PARAMS).data.workers
+    rows = []
+    for size, count in SIZES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(measure(size, count, workers, Path(tmp)))
+        r = rows[-1]
+        print(f"{size:>3} px, {r['images']} images (images/s): sharding {r['sharding']:.0f} ({workers} workers) | "
+              f"decode {r['decode']:.0f} | shard_read {r['shard_read']:.0f} | loose_files {r['loose_files']:.0f} | "
+              f"ratio shard_read/decode {r['ratio']:.2f}")
+    print(json.dumps({"ratio": min(r["ratio"] for r in rows), **{f"ratio_{r['size']}": round(r["ratio"], 3) for r in rows},
+                      "rows": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows]}))
+
+
+if __name__ == "__main__":
+    main()
