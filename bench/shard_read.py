@@ -16,20 +16,23 @@ ratio = min over sizes of shard_read / decode (>= 0.8: overhead under 20%). Last
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+os.environ.setdefault("TQDM_DISABLE", "1")  # the stage's progress bars would bury the figures
 
-from maskgit_inpaint import config
-from maskgit_inpaint.data import sharding, shards, sources
-from maskgit_inpaint.data.scenes import CATEGORIES, render
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
-ROUNDS = 3
+from maskgit_inpaint import config  # noqa: E402
+from maskgit_inpaint.data import sharding, sources  # noqa: E402
+from maskgit_inpaint.data.scenes import CATEGORIES, render  # noqa: E402
+
+ROUNDS = 5
 BATCH = 32
-SIZES = {64: 2048, 256: 512}  # image size -> images
+SIZES = {64: 4096, 256: 1024}  # image size -> images
 
 
 def write_photos(root: Path, size: int, count: int) -> list[Path]:
@@ -57,6 +60,9 @@ def timed(fn) -> float:
 
 
 def measure(size: int, count: int, workers: int, tmp: Path) -> dict:
+    # Imported here: the sharding pool's spawned workers re-import this module and should not load torch.
+    from maskgit_inpaint.data import shards
+
     paths = write_photos(tmp / "photos", size, count)
     encoded = [p.read_bytes() for p in paths]
     entries = sources.open_source(tmp / "photos", 0.1, 0).splits["train"]

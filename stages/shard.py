@@ -7,10 +7,12 @@ import time
 from pathlib import Path
 
 from maskgit_inpaint import config
-from maskgit_inpaint.data import sharding, shards, sources
+from maskgit_inpaint.data import sharding, sources
+from maskgit_inpaint.data.places365 import SPLITS
 from maskgit_inpaint.io import atomic_dir, write_json
 
 
+# No torch in this stage: the worker pool's spawned processes re-import this module.
 def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     began = time.perf_counter()
     params = config.load(params_file)
@@ -20,7 +22,7 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     limits = {"train": p.max_train, "val": p.max_val}
     jobs = {split: sharding.plan(split, sources.subset(source.splits[split], limits[split], p.seed), p.shard_max_count,
                                  p.min_train_shards if split == "train" else 1)
-            for split in shards.SPLITS}
+            for split in SPLITS}
     # Shards are built outside the out (which DVC clears before a run), so a killed run resumes from them.
     work_dir = params.paths.checkpoints / "shard"
     encoding = sharding.Encoding(p.image_size, p.min_side, p.jpeg_quality)
@@ -28,7 +30,7 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     manifest = {"source": str(root), "layout": source.description, "image_size": p.image_size,
                 "categories": source.categories, "splits": {}}
     with atomic_dir(out) as tmp:
-        for split in shards.SPLITS:
+        for split in SPLITS:
             results = [r for r in built if r["name"].startswith(f"{split}-")]
             for r in results:
                 shutil.move(work_dir / r["name"], tmp / r["name"])
@@ -37,13 +39,13 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
                 "rejected": source.rejected[split] + [row for r in results for row in r["rejected"]],
                 "shards": [{"name": r["name"], "sha256": r["sha256"]} for r in results],
             }
-        write_json(tmp / shards.MANIFEST, manifest)
+        write_json(tmp / sharding.MANIFEST, manifest)
     shutil.rmtree(work_dir)
     splits = manifest["splits"]
     rejected = sum(len(s["rejected"]) for s in splits.values())
     print(f"shard: {root} ({source.description}): train {splits['train']['count']} images in {len(splits['train']['shards'])} "
           f"shards, val {splits['val']['count']} in {len(splits['val']['shards'])}; {rejected} rejected "
-          f"(reasons in {out / shards.MANIFEST}) ({time.perf_counter() - began:.1f}s)")
+          f"(reasons in {out / sharding.MANIFEST}) ({time.perf_counter() - began:.1f}s)")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from maskgit_inpaint.data.images import RejectedImage, prepare_image, read_file
 from maskgit_inpaint.data.places365 import Entry
 from maskgit_inpaint.io import sha256_file, write_json
 
+MANIFEST = "manifest.json"  # beside the shards: source, categories, per split the count, rejects and shard sha256s
 PLAN = "plan.json"  # fingerprint of the plan the shards in a work folder belong to
 
 

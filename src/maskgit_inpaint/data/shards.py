@@ -6,20 +6,27 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import webdataset as wds
+from torchvision.io import ImageReadMode, decode_image
+
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
+                        category=DeprecationWarning)
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from maskgit_inpaint.data.places365 import SPLITS  # noqa: F401  (stages name the splits through this module)
+from maskgit_inpaint.data.sharding import MANIFEST
 from maskgit_inpaint.io import read_json, sha256_file
 
-MANIFEST = "manifest.json"
 SHUFFLE_BUFFER = 1000  # samples mixed across shards before batching
+BLOCK = 512  # tar block size
+EMPTY_BLOCK = bytes(BLOCK)
 
 
 def load_manifest(shards_dir: Path | str) -> dict:
@@ -34,31 +41,122 @@ def shard_urls(shards_dir: Path | str, split: str) -> list[str]:
     return urls
 
 
+class ShardFormatError(ValueError):
+    """A shard that is not the tar sharding.py writes (cut short, damaged, or foreign)."""
+
+
+def _members(data: bytes, url: str) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each file in an in-memory tar: the plain and PAX headers sharding.py writes.
+
+    Slicing one read of the whole shard costs a fraction of tarfile's per-member reads
+    (which at 64 px took as long as decoding the JPEGs). The shard's sha256 is in the
+    manifest; here a header that does not parse or a body cut short stops the read.
+    """
+    offset, pax_name = 0, None
+    while offset + BLOCK <= len(data):
+        header = data[offset:offset + BLOCK]
+        if header == EMPTY_BLOCK:
+            return  # end-of-archive blocks
+        try:
+            size = int(header[124:136].rstrip(b"\0 "), 8)
+        except ValueError as err:
+            raise ShardFormatError(f"{url}: damaged tar header at byte {offset}; rerun `dvc repro shard`") from err
+        body = data[offset + BLOCK:offset + BLOCK + size]
+        if len(body) != size:
+            raise ShardFormatError(f"{url}: cut short at byte {len(data)}; rerun `dvc repro shard`")
+        offset += BLOCK + -(-size // BLOCK) * BLOCK
+        kind = header[156:157]
+        if kind == b"x":  # PAX header: 'NN path=<long name>\n' records for the next member
+            records = body.decode().splitlines()
+            pax_name = next((r.split("=", 1)[1] for r in records if " path=" in r), None)
+        elif kind in (b"0", b"\0"):
+            prefix = header[345:500].rstrip(b"\0") if header[257:262] == b"ustar" else b""
+            name = pax_name or (prefix + b"/" if prefix else b"").decode() + header[:100].rstrip(b"\0").decode()
+            pax_name = None
+            yield name, body
+
+
+def shard_samples(shards: Iterator[dict]) -> Iterator[dict]:
+    """WebDataset pipeline stage: {"url"} per shard -> raw samples {"__key__", "__url__", <ext>: bytes, ...}."""
+    for shard in shards:
+        url = shard["url"]
+        with open(url, "rb") as fh:
+            data = fh.read()
+        sample: dict = {}
+        for name, body in _members(data, url):
+            key, ext = name.split(".", 1)
+            if sample and key != sample["__key__"]:
+                yield sample
+                sample = {}
+            sample.setdefault("__key__", key)
+            sample["__url__"], sample[ext] = url, body
+        if sample:
+            yield sample
+
+
+def decode_pixels(sample: dict) -> torch.Tensor:
+    """The sample's image as (3, H, W) uint8, a view of (H, W, 3) memory (libjpeg's pixel order)."""
+    encoded = torch.frombuffer(bytearray(sample["jpg"] if "jpg" in sample else sample["png"]), dtype=torch.uint8)
+    # torchvision's libjpeg-turbo / libpng decode: ~2x PIL at 64 px, straight into a tensor. (Deprecated from
+    # torchvision 0.29 in favour of TorchCodec, which needs FFmpeg on the machine; the pin keeps it working.)
+    return decode_image(encoded, mode=ImageReadMode.RGB)
+
+
 def decode_sample(sample: dict) -> dict:
-    """Raw shard sample -> key, image (3, H, W) in [-1, 1], class index."""
-    ext = "jpg" if "jpg" in sample else "png"
-    with Image.open(io.BytesIO(sample[ext])) as img:
-        pixels = np.array(img.convert("RGB"))  # (H, W, 3) uint8
-    image = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
-    return {"__key__": sample["__key__"], "image": image, "cls": int(sample["cls"])}
+    """Raw shard sample -> key, image (3, H, W) uint8, class index."""
+    return {"__key__": sample["__key__"], "image": decode_pixels(sample), "cls": int(sample["cls"])}
 
 
-def dataset(urls: list[str], shuffle_seed: int | None) -> wds.WebDataset:
-    """Decoded samples in shard order, or shuffled (shards and a buffer) from a seed.
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (B, 3, H, W) -> contiguous float in [-1, 1], the range the models take.
+
+    Batches travel as uint8 (a quarter of the bytes of floats) and are converted where
+    they are used, on the training device.
+    """
+    return images.contiguous().float() / 127.5 - 1
+
+
+def _samples(urls: list[str], shuffle_seed: int | None) -> wds.DataPipeline:
+    """Raw samples in shard order, or shuffled (shards and a buffer of encoded samples) from a seed.
 
     Shards are split between DDP processes (by node) and then between loader workers,
     so every process and worker reads a disjoint set of shards.
     """
     shuffled = shuffle_seed is not None
-    ds = wds.WebDataset(urls, shardshuffle=len(urls) if shuffled else False, seed=shuffle_seed, empty_check=False,
-                        nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker)
-    if shuffled:
-        ds = ds.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed)
-    return ds.map(decode_sample)
+    return wds.DataPipeline(
+        wds.SimpleShardList(urls),
+        wds.split_by_node,
+        wds.split_by_worker,
+        *([wds.shuffle(len(urls), seed=shuffle_seed)] if shuffled else []),
+        shard_samples,
+        *([wds.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed)] if shuffled else []),
+    )
+
+
+def dataset(urls: list[str], shuffle_seed: int | None) -> wds.DataPipeline:
+    """Decoded samples ({"__key__", "image", "cls"}), in shard order or shuffled from a seed."""
+    return _samples(urls, shuffle_seed).compose(wds.map(decode_sample))
+
+
+def _image_batches(batch_size: int, partial: bool, with_keys: bool):
+    """Pipeline stage: raw samples -> uint8 (B, 3, H, W) batches (with their keys), decoding as it batches."""
+    def stage(samples: Iterator[dict]) -> Iterator:
+        images, keys = [], []
+        for sample in samples:
+            images.append(decode_pixels(sample).permute(1, 2, 0))  # (H, W, 3): contiguous, so stacking is one memcpy each
+            keys.append(sample["__key__"])
+            if len(images) == batch_size:
+                batch = torch.stack(images).permute(0, 3, 1, 2)  # (B, 3, H, W)
+                yield (batch, keys) if with_keys else batch
+                images, keys = [], []
+        if images and partial:
+            batch = torch.stack(images).permute(0, 3, 1, 2)
+            yield (batch, keys) if with_keys else batch
+    return stage
 
 
 def train_batches(urls: list[str], batch_size: int, seed: int, num_workers: int, skip: int = 0) -> Iterator[torch.Tensor]:
-    """Endless shuffled batches (B, 3, H, W) in [-1, 1]; epoch e reshuffles with seed + e.
+    """Endless shuffled uint8 batches (B, 3, H, W) (`to_model_range` on the device); epoch e reshuffles with seed + e.
 
     The stream depends only on (urls, batch_size, seed, workers): `skip` drops its first
     batches, so a resumed run continues with the batch an uninterrupted one would see next.
@@ -66,10 +164,10 @@ def train_batches(urls: list[str], batch_size: int, seed: int, num_workers: int,
     workers = min(num_workers, len(urls))
     epoch = produced = 0
     while True:
-        ds = dataset(urls, shuffle_seed=seed + epoch).to_tuple("image").batched(batch_size, partial=False)
+        ds = _samples(urls, shuffle_seed=seed + epoch).compose(_image_batches(batch_size, partial=False, with_keys=False))
         loader = wds.WebLoader(ds, batch_size=None, num_workers=workers)
         yielded = False
-        for (images,) in loader:
+        for images in loader:
             yielded = True
             produced += 1
             if produced > skip:
@@ -81,8 +179,8 @@ def train_batches(urls: list[str], batch_size: int, seed: int, num_workers: int,
 
 def iterate_split(urls: list[str], batch_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
     """Every image of a split in shard order, in batches: ((B, 3, H, W) in [-1, 1], keys)."""
-    for imgs, keys in dataset(urls, shuffle_seed=None).to_tuple("image", "__key__").batched(batch_size):
-        yield imgs, list(keys)
+    for images, keys in _samples(urls, shuffle_seed=None).compose(_image_batches(batch_size, partial=True, with_keys=True)):
+        yield to_model_range(images), keys
 
 
 def load_split(urls: list[str], limit: int | None = None, batch_size: int = 256) -> tuple[torch.Tensor, list[str]]:

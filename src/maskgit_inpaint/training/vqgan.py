@@ -175,7 +175,7 @@ def train(p: VQGANParams, image_size: int, shards_dir: Path, state_path: Path, i
             opt.zero_grad(set_to_none=True)
         parts: list[dict] = []
         for _ in range(p.grad_accum_steps):
-            x = next(batches).to(dev)  # (B, 3, H, W)
+            x = shards.to_model_range(next(batches).to(dev))  # (B, 3, H, W)
             with runtime.autocast(dev, p.amp):
                 rec, vq_loss, ids, z = model(x)
                 loss, log = loss_fn.generator(x, rec, vq_loss, step, model.decoder.conv_out.weight)
