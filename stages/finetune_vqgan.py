@@ -37,7 +37,8 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     print(f"finetune_vqgan: {p.steps} steps from {init or 'scratch'}, f={result.model.config.downsample}, "
           f"K={result.model.config.n_embed}; val recon PSNR {m['init_recon_psnr']:.2f} -> {m['recon_psnr']:.2f} dB, "
           f"SSIM {m['recon_ssim']:.3f}, {lpips}, codebook usage {m['codebook_usage']:.0%} "
-          f"(perplexity {m['codebook_perplexity']:.0f}) -> {paths.vqgan} ({time.perf_counter() - began:.0f}s)")
+          f"(perplexity {m['codebook_perplexity']:.0f}); {m['train_images_per_s']:.0f} img/s, "
+          f"{m['input_wait_share']:.0%} of it waiting on input -> {paths.vqgan} ({time.perf_counter() - began:.0f}s)")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ def test_finetuning_a_taming_checkpoint_trains_decoder_and_codebook_only(tiny_ch
     pretrained_psnr = json.loads((tiny_chain / "metrics/vqgan.json").read_text())["recon_psnr"]
     assert m["init_recon_psnr"] == pytest.approx(pretrained_psnr, abs=1e-3)  # the init is the loaded checkpoint
     assert m["recon_psnr"] > m["init_recon_psnr"] + 0.5
+    assert m["train_images_per_s"] > 0 and 0 <= m["input_wait_share"] < 1
 
 
 def test_killed_vqgan_training_resumes_to_the_same_weights(tiny_chain, tmp_path):

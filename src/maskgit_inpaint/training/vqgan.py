@@ -163,8 +163,8 @@ def train(p: VQGANParams, image_size: int, shards_dir: Path, state_path: Path, i
         init_metrics, init_strip = evaluate(model, val_images, p.batch_size * 2, p.amp, lpips_net)
         mlflow.log_metrics({f"val_{k}": v for k, v in init_metrics.items()}, step=0)
         mlflow.log_image(recon_strip(val_images[:STRIP_IMAGES], init_strip), key="reconstructions", step=0)
-    batches = shards.train_batches(shards.shard_urls(shards_dir, "train"), p.batch_size, p.seed, p.num_workers,
-                                   skip=start * p.grad_accum_steps)
+    batches = shards.MeteredBatches(shards.train_batches(shards.shard_urls(shards_dir, "train"), p.batch_size, p.seed,
+                                                         p.num_workers, skip=start * p.grad_accum_steps))
     model.train()
     bar = tqdm(range(start, p.steps), desc="vqgan", initial=start, total=p.steps, unit="step")
     for step in bar:
@@ -197,7 +197,8 @@ def train(p: VQGANParams, image_size: int, shards_dir: Path, state_path: Path, i
                    "codebook_usage": health["codebook_usage"], "codebook_perplexity": health["codebook_perplexity"]}
             curve.append({c: row.get(c, math.nan) for c in CURVE_COLUMNS})
             mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
-            bar.set_postfix({k: f"{row[k]:.3f}" for k in ("l1", "perceptual", "g_loss", "d_loss") if k in row})
+            bar.set_postfix({**{k: f"{row[k]:.3f}" for k in ("l1", "perceptual", "g_loss", "d_loss") if k in row},
+                             "input wait": f"{batches.throughput()['input_wait_share']:.0%}"})
         if p.dead_code_restart_every and done % p.dead_code_restart_every == 0 and done < p.steps:
             restart_dead_codes(model, usage, z, torch.Generator().manual_seed(p.seed * 1_000_003 + done))
             usage.zero_()
@@ -212,9 +213,11 @@ def train(p: VQGANParams, image_size: int, shards_dir: Path, state_path: Path, i
             if discriminator:
                 extra.update(discriminator=discriminator.state_dict(), d_optimizer=d_optimizer.state_dict())
             resume.save(model, optimizer, done, best, curve, extra)
+    throughput = batches.throughput()  # this run's steps (a resumed run: since the restart), evaluations included
+    mlflow.log_metrics(throughput, step=p.steps)
     batches.close()  # stops the loader's workers now rather than at garbage collection
     final, strip = evaluate(model, val_images, p.batch_size * 2, p.amp, lpips_net)
     mlflow.log_metrics({f"val_{k}": v for k, v in final.items()}, step=p.steps)
     mlflow.log_image(recon_strip(val_images[:STRIP_IMAGES], strip), key="reconstructions", step=p.steps)
-    result = {**final, **{f"init_{k}": v for k, v in init_metrics.items()}}
+    result = {**final, **{f"init_{k}": v for k, v in init_metrics.items()}, **throughput}
     return VQGANResult(model.eval(), result, unavailable, curve)
