@@ -20,7 +20,7 @@ SPLIT_ARCHIVES = {"train": ("train_256_places365standard.tar", "train_large_plac
 EASYFORMAT_ARCHIVE = "places365standard_easyformat.tar"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # millions of them for Places365: no per-object dict
 class Entry:
     key: str  # unique within its split, WebDataset-safe (no dots, no slashes)
     path: Path  # the image file, or the archive that holds it
