@@ -9,6 +9,7 @@ import numpy as np
 from maskgit_inpaint import config, runtime
 from maskgit_inpaint.data import shards
 from maskgit_inpaint.data import tokens as token_store
+from maskgit_inpaint.data.places365 import SPLITS
 from maskgit_inpaint.io import atomic_dir, sha256_file, write_json
 from maskgit_inpaint.models.checkpoint import WEIGHTS
 from maskgit_inpaint.models.vqgan import VQGAN
@@ -24,7 +25,7 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     meta = {"codebook_size": vqgan.config.n_embed, "grid": [grid, grid], "downsample": vqgan.config.downsample,
             "image_size": image_size, "dtype": "uint16", "vqgan_sha256": sha256_file(paths.vqgan / WEIGHTS)}
     with atomic_dir(paths.tokens) as tmp:
-        for split in shards.SPLITS:
+        for split in SPLITS:
             ids, keys = token_store.encode_split(vqgan, shards.shard_urls(paths.shards, split), p.batch_size, p.amp)
             np.save(tmp / f"{split}.npy", ids)
             meta[f"{split}_count"] = len(keys)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskgit_inpaint.data import archives, places365, sharding, shards, sources
+from maskgit_inpaint.data import archives, sharding, shards, sources
 
 from conftest import kill_stage_at_first_checkpoint, run_stage, write_tiny_params
 

@@ -4,7 +4,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from maskgit_inpaint.data import images, places365, sample, sharding, shards

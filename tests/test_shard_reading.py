@@ -55,7 +55,9 @@ def test_ddp_processes_and_loader_workers_read_disjoint_shards(shard_urls, monke
     assert len(seen[0]) == len(seen[1]) == 12 and not set(seen[0]) & set(seen[1])
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
-    loader = wds.WebLoader(shards.dataset(shard_urls, shuffle_seed=0), batch_size=None, num_workers=2)
+    # spawn: fresh workers, untouched by the threads that earlier in-process Prefect and MLflow runs leave in pytest
+    loader = wds.WebLoader(shards.dataset(shard_urls, shuffle_seed=0), batch_size=None, num_workers=2,
+                           multiprocessing_context="spawn")
     keys = [s["__key__"] for s in loader]  # one epoch, read to the end by two workers
     assert sorted(keys) == sorted(seen[0] + seen[1])  # every image once, none twice
 

@@ -4,8 +4,6 @@ A sample is `__key__`, `jpg` or `png` (RGB, image_size x image_size) and `cls`.
 """
 from __future__ import annotations
 
-import io
-import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -16,14 +14,11 @@ import torch
 import webdataset as wds
 from torchvision.io import ImageReadMode, decode_image
 
+from maskgit_inpaint.data.sharding import MANIFEST
+from maskgit_inpaint.io import read_json
+
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
                         category=DeprecationWarning)
-from PIL import Image, ImageOps, UnidentifiedImageError
-from tqdm import tqdm
-
-from maskgit_inpaint.data.places365 import SPLITS  # noqa: F401  (stages name the splits through this module)
-from maskgit_inpaint.data.sharding import MANIFEST
-from maskgit_inpaint.io import read_json, sha256_file
 
 SHUFFLE_BUFFER = 1000  # samples mixed across shards before batching
 BLOCK = 512  # tar block size
