@@ -18,7 +18,7 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     params = config.load(params_file)
     p, out = params.data, params.paths.shards
     root = params.paths.raw if p.source == "embedded" else Path(p.source)
-    source = sources.open_source(root, p.folder_val_fraction, p.seed)
+    source = sources.open_source(root, p.folder_val_fraction, p.seed, index_cache=params.paths.cache / "archive-index")
     limits = {"train": p.max_train, "val": p.max_val}
     jobs = {split: sharding.plan(split, sources.subset(source.splits[split], limits[split], p.seed), p.shard_max_count,
                                  p.min_train_shards if split == "train" else 1)

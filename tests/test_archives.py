@@ -1,6 +1,7 @@
 """The official Places365 downloads (both layouts) and other sources, read in place into shards."""
 import io
 import json
+import os
 import tarfile
 
 import numpy as np
@@ -202,3 +203,18 @@ def test_a_killed_shard_stage_resumes_to_identical_shards(tmp_path, monkeypatch)
         assert ("resuming" in done.stdout) == (name == "killed")
         runs[name] = {p.name: p.read_bytes() for p in sorted((project / "data/shards").iterdir())}
     assert runs["whole"] == runs["killed"] and len(runs["whole"]) > 5
+
+
+def test_the_archive_index_is_kept_until_the_archive_changes(tmp_path):
+    make_easyformat_download(tmp_path / "dl")
+    archive, cache = tmp_path / "dl/places365standard_easyformat.tar", tmp_path / "cache"
+    first = archives.index(archive, cache)
+    assert archives.index(archive, cache) == first and len(list(cache.iterdir())) == 1
+    stat = archive.stat()
+    archive.write_bytes(b"\0" * stat.st_size)  # same size and date: the kept index answers, the tar is not read
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert archives.index(archive, cache).members == first.members
+    make_easyformat_download(tmp_path / "again")  # a new download: size or date differ, so it is indexed afresh
+    os.replace(tmp_path / "again/places365standard_easyformat.tar", archive)
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert archives.index(archive, cache).members == first.members and len(list(cache.iterdir())) == 1

@@ -27,14 +27,14 @@ class Source:
     rejected: dict[str, list[dict]] = field(default_factory=lambda: {s: [] for s in SPLITS})  # found before decoding
 
 
-def open_source(root: Path, folder_val_fraction: float, seed: int) -> Source:
-    """Read `root` in the first layout it matches (see the module docstring)."""
+def open_source(root: Path, folder_val_fraction: float, seed: int, index_cache: Path | None = None) -> Source:
+    """Read `root` in the first layout it matches (see the module docstring); archive indexes are kept in index_cache."""
     if root.is_file():
-        return _class_folder_archive(root)
+        return _class_folder_archive(root, index_cache)
     if (root / places365.EASYFORMAT_ARCHIVE).is_file():
-        return _class_folder_archive(root / places365.EASYFORMAT_ARCHIVE)
+        return _class_folder_archive(root / places365.EASYFORMAT_ARCHIVE, index_cache)
     if (root / places365.FILELIST_ARCHIVE).is_file():
-        return _file_list_archives(root)
+        return _file_list_archives(root, index_cache)
     if places365.is_places365_root(root):
         return Source("Places365 file lists, extracted", places365.read_categories(root),
                       {split: places365.read_split(root, split) for split in SPLITS})
@@ -73,8 +73,8 @@ def _class_folders(root: Path) -> Source:
     return Source("class folders, extracted", categories, splits)
 
 
-def _class_folder_archive(path: Path) -> Source:
-    archive = archives.index(path)
+def _class_folder_archive(path: Path, index_cache: Path | None) -> Source:
+    archive = archives.index(path, index_cache)
     # easyformat wraps everything in one top folder (places365_standard/); look through it.
     tops = {name.split("/", 1)[0] for name in archive.members}
     prefix = f"{tops.pop()}/" if len(tops) == 1 and not {"train", "val"} & tops else ""
@@ -89,7 +89,7 @@ def _class_folder_archive(path: Path) -> Source:
     return Source(f"class-folder archive {path.name}, read in place", categories, splits, _rejected_by_split(archive.rejected))
 
 
-def _file_list_archives(root: Path) -> Source:
+def _file_list_archives(root: Path, index_cache: Path | None) -> Source:
     lists = archives.index(root / places365.FILELIST_ARCHIVE)
     text = {name.rsplit("/", 1)[-1]: name for name in lists.members}  # the lists may sit in a folder
 
@@ -105,7 +105,7 @@ def _file_list_archives(root: Path) -> Source:
         if not found:
             raise LayoutError(f"{root}: {places365.FILELIST_ARCHIVE} is here but not the {split} images "
                               f"({' or '.join(places365.SPLIT_ARCHIVES[split])}); download one into this folder")
-        archive = archives.index(found[0])
+        archive = archives.index(found[0], index_cache)
         used.append(found[0].name)
         rows = places365.parse_split_list(read_list(places365.SPLIT_LISTS[split]), places365.SPLIT_LISTS[split])
         folder = next((d for d in places365.SPLIT_DIRS[split] if f"{d}/{rows[0][0].lstrip('/')}" in archive.members),
