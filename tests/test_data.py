@@ -148,6 +148,8 @@ def test_empty_too_small_and_truncated_files_are_rejected_with_the_reason(tmp_pa
     truncated.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
     with pytest.raises(images.RejectedImage, match="cannot decode"):
         images.prepare_image(truncated.read_bytes(), 32)
+    with pytest.raises(images.RejectedImage, match="cannot read: Is a directory"):
+        images.read_file(tmp_path)  # unreadable: one reject, not the end of the run
 
 
 def test_any_folder_of_images_shards_with_a_seeded_val_split(tmp_path, monkeypatch):

@@ -40,6 +40,8 @@ def read_file(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError as err:
         raise RejectedImage("file listed but missing") from err
+    except OSError as err:  # unreadable (permissions, a directory named like an image, I/O error): one image, not the run
+        raise RejectedImage(f"cannot read: {err.strerror or err}") from err
 
 
 def prepare_image(raw: bytes, size: int, min_side: int = 1, jpeg_quality: int | None = None) -> tuple[bytes, str]:

@@ -52,22 +52,22 @@ def subset(entries: list[Entry], limit: int | None, seed: int) -> list[Entry]:
     return [entries[i] for i in chosen]
 
 
-def _by_class_folder(names: list[str]) -> tuple[list[str], dict[str, list[tuple[str, str]]]]:
-    """'train/<category...>/<file>' names -> sorted categories and, per split, (name, category) pairs."""
+def _by_class_folder(names: list[str]) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+    """'train/<category...>/<file>' names -> sorted categories and, per split, (name, category index) pairs."""
     rows: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
     for name in names:
         parts = PurePosixPath(name).parts
         if len(parts) >= 3 and parts[0] in rows and PurePosixPath(name).suffix.lower() in image_folder.IMAGE_SUFFIXES:
             rows[parts[0]].append((name, "/".join(parts[1:-1])))
     categories = sorted({category for split in SPLITS for _, category in rows[split]})
-    return categories, rows
+    labels = {c: i for i, c in enumerate(categories)}
+    return categories, {split: [(name, labels[c]) for name, c in rows[split]] for split in SPLITS}
 
 
 def _class_folders(root: Path) -> Source:
     names = sorted(p.relative_to(root).as_posix() for split in SPLITS for p in (root / split).rglob("*") if p.is_file())
     categories, rows = _by_class_folder(names)
-    labels = {c: i for i, c in enumerate(categories)}
-    splits = {split: [Entry(places365.key_for(name.split("/", 1)[1]), root / name, name, labels[c]) for name, c in rows[split]]
+    splits = {split: [Entry(places365.key_for(name.split("/", 1)[1]), root / name, name, label) for name, label in rows[split]]
               for split in SPLITS}
     _require_images(splits, root, "train/<category>/<image> and val/<category>/<image>")
     return Source("class folders, extracted", categories, splits)
@@ -80,11 +80,9 @@ def _class_folder_archive(path: Path, index_cache: Path | None) -> Source:
     prefix = f"{tops.pop()}/" if len(tops) == 1 and not {"train", "val"} & tops else ""
     names = [name[len(prefix):] for name in archive.members if name.startswith(prefix)]
     categories, rows = _by_class_folder(names)
-    labels = {c: i for i, c in enumerate(categories)}
-    splits = {}
-    for split in SPLITS:
-        splits[split] = [Entry(places365.key_for(name.split("/", 1)[1]), path, prefix + name, labels[c],
-                               _span(archive.members[prefix + name])) for name, c in rows[split]]
+    splits = {split: [Entry(places365.key_for(name.split("/", 1)[1]), path, prefix + name, label,
+                            _span(archive.members[prefix + name])) for name, label in rows[split]]
+              for split in SPLITS}
     _require_images(splits, path, f"{prefix}train/<category>/<image> and {prefix}val/<category>/<image> members")
     return Source(f"class-folder archive {path.name}, read in place", categories, splits, _rejected_by_split(archive.rejected))
 
