@@ -4,7 +4,7 @@ Per image size (64 px: the embedded profile; 256 px: Places365's small images), 
 same photo-like JPEGs (procedural scenes, quality 90, already at the size, so sharding
 checks and passes them through as it does Places365's 256 px files):
 - sharding: loose files -> shards with the stage's writer (data.workers processes);
-- decode: the loader's decode (JPEG -> (3, H, W) float tensor) from bytes in memory,
+- decode: the loader's decode (JPEG -> (H, W, 3) uint8 array) from bytes in memory,
   one process: the most a loader in one process can deliver on this machine;
 - shard_read: the training loader (train_batches: shard shuffle, shuffle buffer,
   tar parsing, decode, batching), one process;
@@ -73,7 +73,7 @@ def measure(size: int, count: int, workers: int, tmp: Path) -> dict:
 
     def decode() -> None:
         for data in encoded:
-            shards.decode_sample({"__key__": "k", "jpg": data, "cls": b"0"})
+            shards.decode_pixels({"jpg": data})
 
     def shard_read() -> None:
         batches = shards.train_batches(urls, BATCH, seed=0, num_workers=0)
@@ -83,7 +83,7 @@ def measure(size: int, count: int, workers: int, tmp: Path) -> dict:
 
     def loose_files() -> None:
         for path in paths:
-            shards.decode_sample({"__key__": "k", "jpg": path.read_bytes(), "cls": b"0"})
+            shards.decode_pixels({"jpg": path.read_bytes()})
 
     best = {"decode": np.inf, "shard_read": np.inf, "loose_files": np.inf}
     decode()  # warm-up: imports, allocator

@@ -1,9 +1,12 @@
 """The reading side: shards parsed in memory, split by DDP process and loader worker, throughput metered."""
+import io
+
 import numpy as np
 import pytest
 import torch
 import webdataset as wds
 from PIL import Image
+from torchvision.io import decode_image
 
 from maskgit_inpaint.data import sharding, shards
 from maskgit_inpaint.data.places365 import Entry, key_for
@@ -72,3 +75,35 @@ def test_metered_batches_report_throughput_and_waiting():
         next(metered)
     report = metered.throughput()
     assert metered.images == 20 and report["train_images_per_s"] > 0 and 0 < report["input_wait_share"] <= 1
+
+
+def _jpeg(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _write_shard(path, images: list[np.ndarray]) -> str:
+    with wds.TarWriter(str(path)) as sink:
+        for i, pixels in enumerate(images):
+            sink.write({"__key__": f"img{i:03d}", "jpg": _jpeg(pixels), "cls": b"0"})
+    return str(path)
+
+
+def test_jpeg_batches_hold_each_image_in_its_own_slot(tmp_path):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (24, 24, 3), dtype=np.uint8) for _ in range(7)]
+    url = _write_shard(tmp_path / "jpeg.tar", images)
+    batches = list(shards.iterate_split([url], batch_size=3))
+    assert [len(keys) for _, keys in batches] == [3, 3, 1]
+    decoded = torch.cat([images for images, _ in batches])  # (7, 3, 24, 24) in [-1, 1]
+    for i, pixels in enumerate(images):  # torchvision's decoder, independent of the loader's
+        reference = decode_image(torch.frombuffer(bytearray(_jpeg(pixels)), dtype=torch.uint8))
+        assert np.array_equal(shards.as_uint8(decoded[i:i + 1])[0], reference.permute(1, 2, 0).numpy())
+
+
+def test_an_image_of_another_size_in_a_batch_is_named(tmp_path):
+    images = [np.zeros((24, 24, 3), np.uint8)] * 2 + [np.zeros((32, 24, 3), np.uint8)]
+    url = _write_shard(tmp_path / "mixed.tar", images)
+    with pytest.raises(shards.ShardFormatError, match=r"mixed.tar: image img002 is 24x32, the batch's first 24x24"):
+        list(shards.iterate_split([url], batch_size=3))

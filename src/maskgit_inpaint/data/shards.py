@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 import torch
 import webdataset as wds
 from torchvision.io import ImageReadMode, decode_image
@@ -41,16 +42,19 @@ class ShardFormatError(ValueError):
     """A shard that is not the tar sharding.py writes (cut short, damaged, or foreign)."""
 
 
-def _members(data: bytes, url: str) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each file in an in-memory tar: the plain and PAX headers sharding.py writes.
+def _tar_samples(data: bytes, url: str) -> Iterator[dict]:
+    """Samples of an in-memory shard: consecutive files "<key>.<ext>" with one key make one sample.
 
-    Indexing one read of the whole shard costs a fraction of tarfile's per-member reads
-    (which at 64 px took as long as decoding the JPEGs). The shard's sha256 is in the
-    manifest; here a header that does not parse or a body cut short stops the read.
+    One pass over the headers (the plain and PAX ones sharding.py writes) of one read of the
+    whole shard costs a fraction of tarfile's per-member reads, which at 64 px took as long as
+    decoding the JPEGs. The shard's sha256 is in the manifest; here a header that does not
+    parse or a body cut short stops the read.
     """
-    offset, pax_name, end = 0, None, len(data)
+    sample, key, offset, pax_name, end = None, None, 0, None, len(data)
     while offset + BLOCK <= end:
         if data[offset] == 0:  # a member always has a name: this is the end-of-archive block
+            if sample is not None:
+                yield sample
             return
         try:
             size = int(data[offset + 124:offset + 136].rstrip(b"\0 "), 8)
@@ -64,44 +68,61 @@ def _members(data: bytes, url: str) -> Iterator[tuple[str, bytes]]:
             records = data[start:start + size].decode().splitlines()
             pax_name = next((r.split("=", 1)[1] for r in records if " path=" in r), None)
         elif kind in REGULAR_FILE:
-            name = pax_name or data[offset:offset + 100].split(b"\0", 1)[0].decode()
-            if data[offset + 345] and data[offset + 257:offset + 262] == b"ustar" and not pax_name:
-                name = data[offset + 345:offset + 500].split(b"\0", 1)[0].decode() + "/" + name
-            pax_name = None
-            yield name, data[start:start + size]
-        offset = start + -(-size // BLOCK) * BLOCK
+            if pax_name is None:  # the header's NUL-padded name, after ustar's directory prefix if any
+                name = data[offset:offset + 100].rstrip(b"\0").decode()
+                if data[offset + 345] and data[offset + 257:offset + 262] == b"ustar":
+                    name = data[offset + 345:offset + 500].rstrip(b"\0").decode() + "/" + name
+            else:
+                name, pax_name = pax_name, None
+            stem, _, ext = name.partition(".")
+            if stem != key:
+                if sample is not None:
+                    yield sample
+                key, sample = stem, {"__key__": stem, "__url__": url}
+            sample[ext] = data[start:start + size]
+        offset = start + (size + BLOCK - 1) // BLOCK * BLOCK
     raise ShardFormatError(f"{url}: cut short at byte {end} (no end-of-archive block); rerun `dvc repro shard`")
 
 
 def shard_samples(shards: Iterator[dict]) -> Iterator[dict]:
     """WebDataset pipeline stage: {"url"} per shard -> raw samples {"__key__", "__url__", <ext>: bytes, ...}."""
     for shard in shards:
-        url = shard["url"]
-        with open(url, "rb") as fh:
+        with open(shard["url"], "rb") as fh:
             data = fh.read()
-        sample: dict = {}
-        for name, body in _members(data, url):
-            key, ext = name.split(".", 1)
-            if sample and key != sample["__key__"]:
-                yield sample
-                sample = {}
-            sample.setdefault("__key__", key)
-            sample["__url__"], sample[ext] = url, body
-        if sample:
-            yield sample
+        yield from _tar_samples(data, shard["url"])
 
 
-def decode_pixels(sample: dict) -> torch.Tensor:
-    """The sample's image as (3, H, W) uint8, a view of (H, W, 3) memory (libjpeg's pixel order)."""
-    encoded = torch.frombuffer(bytearray(sample["jpg"] if "jpg" in sample else sample["png"]), dtype=torch.uint8)
-    # torchvision's libjpeg-turbo / libpng decode: ~2x PIL at 64 px, straight into a tensor. (Deprecated from
-    # torchvision 0.29 in favour of TorchCodec, which needs FFmpeg on the machine; the pin keeps it working.)
-    return decode_image(encoded, mode=ImageReadMode.RGB)
+def decode_pixels(sample: dict, out: np.ndarray | None = None) -> np.ndarray:
+    """The sample's image as (H, W, 3) uint8 RGB; decoded straight into `out` (a batch's slot) when given.
+
+    JPEG goes through simplejpeg (libjpeg-turbo, ~1.8x torchvision's decode_image at 64 px,
+    and it writes into a given buffer, which saves a copy per image when batching); PNG,
+    and any JPEG simplejpeg refuses, through torchvision.
+    """
+    pixels = None
+    if "jpg" in sample:
+        try:
+            pixels = simplejpeg.decode_jpeg(sample["jpg"], colorspace="RGB", buffer=out)
+        except ValueError:  # one it refuses (or too big for `out`): torchvision decides
+            pass
+    copy = pixels is None
+    if copy:
+        encoded = torch.frombuffer(bytearray(sample["jpg"] if "jpg" in sample else sample["png"]), dtype=torch.uint8)
+        pixels = decode_image(encoded, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()  # (H, W, 3)
+    if out is not None:
+        if pixels.shape != out.shape:
+            where = f"{sample.get('__url__', 'shard')}: image {sample.get('__key__', '')}"
+            raise ShardFormatError(f"{where} is {pixels.shape[1]}x{pixels.shape[0]}, the batch's first "
+                                   f"{out.shape[1]}x{out.shape[0]}; rerun `dvc repro shard`")
+        if copy:
+            out[...] = pixels
+    return pixels
 
 
 def decode_sample(sample: dict) -> dict:
     """Raw shard sample -> key, image (3, H, W) uint8, class index."""
-    return {"__key__": sample["__key__"], "image": decode_pixels(sample), "cls": int(sample["cls"])}
+    return {"__key__": sample["__key__"], "image": torch.from_numpy(decode_pixels(sample)).permute(2, 0, 1),
+            "cls": int(sample["cls"])}
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -136,19 +157,26 @@ def dataset(urls: list[str], shuffle_seed: int | None) -> wds.DataPipeline:
 
 
 def _image_batches(batch_size: int, partial: bool, with_keys: bool):
-    """Pipeline stage: raw samples -> uint8 (B, 3, H, W) batches (with their keys), decoding as it batches."""
+    """Pipeline stage: raw samples -> uint8 (B, 3, H, W) batches (with their keys), each image decoded into its slot."""
+    def batch(pixels: np.ndarray, keys: list[str]):
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # (B, 3, H, W), a view of (B, H, W, 3) memory
+        return (images, keys) if with_keys else images
+
     def stage(samples: Iterator[dict]) -> Iterator:
-        images, keys = [], []
+        pixels, keys = None, []
         for sample in samples:
-            images.append(decode_pixels(sample).permute(1, 2, 0))  # (H, W, 3): contiguous, so stacking is one memcpy each
+            if pixels is None:  # the batch's first image gives the size of its buffer
+                first = decode_pixels(sample)
+                pixels = np.empty((batch_size, *first.shape), dtype=np.uint8)  # (B, H, W, 3)
+                pixels[0] = first
+            else:
+                decode_pixels(sample, out=pixels[len(keys)])
             keys.append(sample["__key__"])
-            if len(images) == batch_size:
-                batch = torch.stack(images).permute(0, 3, 1, 2)  # (B, 3, H, W)
-                yield (batch, keys) if with_keys else batch
-                images, keys = [], []
-        if images and partial:
-            batch = torch.stack(images).permute(0, 3, 1, 2)
-            yield (batch, keys) if with_keys else batch
+            if len(keys) == batch_size:
+                yield batch(pixels, keys)
+                pixels, keys = None, []
+        if keys and partial:
+            yield batch(pixels[:len(keys)], keys)
     return stage
 
 
@@ -162,7 +190,7 @@ def train_batches(urls: list[str], batch_size: int, seed: int, num_workers: int,
     epoch = produced = 0
     while True:
         ds = _samples(urls, shuffle_seed=seed + epoch).compose(_image_batches(batch_size, partial=False, with_keys=False))
-        loader = wds.WebLoader(ds, batch_size=None, num_workers=workers)
+        loader = wds.WebLoader(ds, batch_size=None, num_workers=workers) if workers else ds  # in-process: no DataLoader
         yielded = False
         for images in loader:
             yielded = True
