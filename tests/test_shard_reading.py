@@ -107,3 +107,12 @@ def test_an_image_of_another_size_in_a_batch_is_named(tmp_path):
     url = _write_shard(tmp_path / "mixed.tar", images)
     with pytest.raises(shards.ShardFormatError, match=r"mixed.tar: image img002 is 24x32, the batch's first 24x24"):
         list(shards.iterate_split([url], batch_size=3))
+
+
+def test_a_jpeg_with_libjpeg_warnings_reads_as_its_clean_twin(capfd):
+    clean = _jpeg(np.random.default_rng(1).integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    stray = clean[:-2] + b"\x00\x11\x22" + clean[-2:]  # "extraneous bytes before marker 0xd9": PIL and sharding accept it
+    slots = np.zeros((2, 24, 24, 3), np.uint8)
+    shards.decode_pixels({"__key__": "stray", "jpg": stray}, out=slots[1])
+    assert np.array_equal(slots[1], shards.decode_pixels({"jpg": clean})) and not slots[0].any()
+    assert "Corrupt JPEG" not in capfd.readouterr().err  # decoded in the fast path, not warned about per image

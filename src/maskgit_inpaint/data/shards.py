@@ -101,8 +101,8 @@ def decode_pixels(sample: dict, out: np.ndarray | None = None) -> np.ndarray:
     """
     pixels = None
     if "jpg" in sample:
-        try:
-            pixels = simplejpeg.decode_jpeg(sample["jpg"], colorspace="RGB", buffer=out)
+        try:  # strict=False: libjpeg's warnings (e.g. stray bytes before the end marker) pass, as they did in sharding
+            pixels = simplejpeg.decode_jpeg(sample["jpg"], colorspace="RGB", buffer=out, strict=False)
         except ValueError:  # one it refuses (or too big for `out`): torchvision decides
             pass
     copy = pixels is None
