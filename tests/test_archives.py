@@ -218,3 +218,20 @@ def test_the_archive_index_is_kept_until_the_archive_changes(tmp_path):
     os.replace(tmp_path / "again/places365standard_easyformat.tar", archive)
     os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert archives.index(archive, cache).members == first.members and len(list(cache.iterdir())) == 1
+
+
+def test_file_names_that_collide_as_keys_or_are_not_utf8_lose_no_image(tmp_path):
+    photos = tmp_path / "photos"
+    (photos / "a").mkdir(parents=True)
+    names = ["x.jpg", "x.png", "x_2.jpg", "a/b.jpg", "a__b.jpg", "ünï code.jpg", os.fsdecode(b"bad\xffname.jpg")]
+    for i, name in enumerate(names):  # image i is flat grey 30 * i, so every image is told apart after reading
+        Image.fromarray(np.full((16, 16, 3), 30 * i, np.uint8)).save(photos / name, format="PNG")
+    source = sources.open_source(photos, 0.3, seed=0)
+    entries = source.splits["train"] + source.splits["val"]
+    assert len(entries) == 7 and len({e.key for e in entries}) == 7
+    assert {e.key for e in entries} >= {"x", "x_2", "x_3", "a__b", "a__b_2", "bad\\xffname"}
+    encoding = sharding.Encoding(16, 1, None)
+    jobs = [job for split in ("train", "val") for job in sharding.plan(split, source.splits[split], 100, 1)]
+    sharding.write_shards(jobs, tmp_path / "shards", encoding, workers=0)
+    samples = list(shards.dataset([str(tmp_path / "shards" / job.name) for job in jobs], None))
+    assert sorted(int(s["image"][0, 0, 0]) for s in samples) == [30 * i for i in range(7)]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskgit_inpaint.data.places365 import Entry, key_for
+from maskgit_inpaint.data.places365 import Entry, key_for, printable
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 NO_CLASS = -1  # the `cls` of images that come without a category
@@ -30,5 +30,5 @@ def read_splits(root: Path | str, val_fraction: float, seed: int) -> dict[str, l
     splits: dict[str, list[Entry]] = {"train": [], "val": []}
     for i, path in enumerate(files):
         relative = path.relative_to(root).as_posix()
-        splits["val" if i in val else "train"].append(Entry(key_for(relative), path, relative, NO_CLASS))
+        splits["val" if i in val else "train"].append(Entry(key_for(relative), path, printable(relative), NO_CLASS))
     return splits

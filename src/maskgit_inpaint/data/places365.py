@@ -81,9 +81,14 @@ def read_categories(root: Path) -> list[str]:
     return parse_categories(path.read_text(), str(path))
 
 
+def printable(name: str) -> str:
+    """A file name as UTF-8 text: bytes that are not UTF-8 (which Python keeps as surrogate escapes) become \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def key_for(relative: str) -> str:
     """'/c/coast/00000001.jpg' -> 'c__coast__00000001' (WebDataset splits keys at the first dot)."""
-    stem = relative.strip("/").rsplit(".", 1)[0]
+    stem = printable(relative).strip("/").rsplit(".", 1)[0]
     return stem.replace("/", "__").replace(".", "_")
 
 

@@ -97,7 +97,7 @@ def fingerprint(jobs: list[ShardJob], encoding: Encoding) -> str:
     for job in jobs:
         digest.update(job.name.encode())
         for e in job.entries:
-            digest.update(f"{e.key}\0{e.path}\0{e.relative}\0{e.label}\0{e.span}\n".encode())
+            digest.update(f"{e.key}\0{e.path}\0{e.relative}\0{e.label}\0{e.span}\n".encode("utf-8", "surrogateescape"))
             if e.span is not None:
                 archives_read.add(e.path)
     for path in sorted(archives_read):

@@ -10,7 +10,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -29,6 +29,35 @@ class Source:
 
 def open_source(root: Path, folder_val_fraction: float, seed: int, index_cache: Path | None = None) -> Source:
     """Read `root` in the first layout it matches (see the module docstring); archive indexes are kept in index_cache."""
+    source = _read_layout(root, folder_val_fraction, seed, index_cache)
+    return replace(source, splits=unique_keys(source.splits))
+
+
+def unique_keys(splits: dict[str, list[Entry]]) -> dict[str, list[Entry]]:
+    """Entries whose keys collide (x.jpg and x.png, a/b.jpg and a__b.jpg) get a numbered key (x, x_2), in order.
+
+    Two samples with one key in a shard would read back as one image (WebDataset groups
+    files by key), and tokens and results are stored by key: so no image is silently
+    lost or mixed up, within a split or across them.
+    """
+    taken = {entry.key for entries in splits.values() for entry in entries}
+    seen: set[str] = set()
+    unique: dict[str, list[Entry]] = {}
+    for split, entries in splits.items():
+        unique[split] = []
+        for entry in entries:
+            if entry.key in seen:
+                n = 2
+                while f"{entry.key}_{n}" in taken:
+                    n += 1
+                entry = replace(entry, key=f"{entry.key}_{n}")
+                taken.add(entry.key)
+            seen.add(entry.key)
+            unique[split].append(entry)
+    return unique
+
+
+def _read_layout(root: Path, folder_val_fraction: float, seed: int, index_cache: Path | None) -> Source:
     if root.is_file():
         return _class_folder_archive(root, index_cache)
     if (root / places365.EASYFORMAT_ARCHIVE).is_file():
@@ -67,7 +96,8 @@ def _by_class_folder(names: list[str]) -> tuple[list[str], dict[str, list[tuple[
 def _class_folders(root: Path) -> Source:
     names = sorted(p.relative_to(root).as_posix() for split in SPLITS for p in (root / split).rglob("*") if p.is_file())
     categories, rows = _by_class_folder(names)
-    splits = {split: [Entry(places365.key_for(name.split("/", 1)[1]), root / name, name, label) for name, label in rows[split]]
+    splits = {split: [Entry(places365.key_for(name.split("/", 1)[1]), root / name, places365.printable(name), label)
+                      for name, label in rows[split]]
               for split in SPLITS}
     _require_images(splits, root, "train/<category>/<image> and val/<category>/<image>")
     return Source("class folders, extracted", categories, splits)
@@ -80,7 +110,7 @@ def _class_folder_archive(path: Path, index_cache: Path | None) -> Source:
     prefix = f"{tops.pop()}/" if len(tops) == 1 and not {"train", "val"} & tops else ""
     names = [name[len(prefix):] for name in archive.members if name.startswith(prefix)]
     categories, rows = _by_class_folder(names)
-    splits = {split: [Entry(places365.key_for(name.split("/", 1)[1]), path, prefix + name, label,
+    splits = {split: [Entry(places365.key_for(name.split("/", 1)[1]), path, places365.printable(prefix + name), label,
                             _span(archive.members[prefix + name])) for name, label in rows[split]]
               for split in SPLITS}
     _require_images(splits, path, f"{prefix}train/<category>/<image> and {prefix}val/<category>/<image> members")
