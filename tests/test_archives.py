@@ -235,3 +235,17 @@ def test_file_names_that_collide_as_keys_or_are_not_utf8_lose_no_image(tmp_path)
     sharding.write_shards(jobs, tmp_path / "shards", encoding, workers=0)
     samples = list(shards.dataset([str(tmp_path / "shards" / job.name) for job in jobs], None))
     assert sorted(int(s["image"][0, 0, 0]) for s in samples) == [30 * i for i in range(7)]
+
+
+def test_a_broken_link_among_photos_is_rejected_with_its_target_not_skipped(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("one.jpg", "two.jpg"):
+        (photos / name).write_bytes(_encoded(len(name)))
+    (photos / "gone.jpg").symlink_to(tmp_path / "moved-away.jpg")
+    source = sources.open_source(photos, 0.4, seed=0)
+    jobs = [job for split in ("train", "val") for job in sharding.plan(split, source.splits[split], 100, 1)]
+    built = sharding.write_shards(jobs, tmp_path / "shards", sharding.Encoding(32, 1, None), workers=0)
+    assert sum(r["count"] for r in built) == 2
+    assert [row for r in built for row in r["rejected"]] == [
+        {"path": "gone.jpg", "reason": f"broken link to {tmp_path / 'moved-away.jpg'}"}]

@@ -11,6 +11,11 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 NO_CLASS = -1  # the `cls` of images that come without a category
 
 
+def is_listed(path: Path) -> bool:
+    """A file to take: a regular one, or a link whose target is gone (then rejected with that reason, not skipped)."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def read_splits(root: Path | str, val_fraction: float, seed: int) -> dict[str, list[Entry]]:
     """Every image file under `root` (recursively, by suffix), in path order, split train/val.
 
@@ -21,7 +26,7 @@ def read_splits(root: Path | str, val_fraction: float, seed: int) -> dict[str, l
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder; set data.source to a folder of images, "
                                 "a Places365-Standard root, or 'embedded'")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if is_listed(p) and p.suffix.lower() in IMAGE_SUFFIXES)
     if len(files) < 2:
         raise FileNotFoundError(f"{root}: {len(files)} image file(s) ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                                 "train and val need at least one each")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,8 @@ def read_file(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError as err:
+        if path.is_symlink():
+            raise RejectedImage(f"broken link to {os.readlink(path)}") from err
         raise RejectedImage("file listed but missing") from err
     except OSError as err:  # unreadable (permissions, a directory named like an image, I/O error): one image, not the run
         raise RejectedImage(f"cannot read: {err.strerror or err}") from err

@@ -94,7 +94,8 @@ def _by_class_folder(names: list[str]) -> tuple[list[str], dict[str, list[tuple[
 
 
 def _class_folders(root: Path) -> Source:
-    names = sorted(p.relative_to(root).as_posix() for split in SPLITS for p in (root / split).rglob("*") if p.is_file())
+    names = sorted(p.relative_to(root).as_posix() for split in SPLITS for p in (root / split).rglob("*")
+                   if image_folder.is_listed(p))
     categories, rows = _by_class_folder(names)
     splits = {split: [Entry(places365.key_for(name.split("/", 1)[1]), root / name, places365.printable(name), label)
                       for name, label in rows[split]]
