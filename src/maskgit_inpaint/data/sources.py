@@ -41,6 +41,8 @@ def unique_keys(splits: dict[str, list[Entry]]) -> dict[str, list[Entry]]:
     lost or mixed up, within a split or across them.
     """
     taken = {entry.key for entries in splits.values() for entry in entries}
+    if len(taken) == sum(len(entries) for entries in splits.values()):
+        return splits  # the usual case, Places365 included
     seen: set[str] = set()
     unique: dict[str, list[Entry]] = {}
     for split, entries in splits.items():
