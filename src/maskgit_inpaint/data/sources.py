@@ -89,7 +89,7 @@ def _by_class_folder(names: list[str]) -> tuple[list[str], dict[str, list[tuple[
     for name in names:
         parts = PurePosixPath(name).parts
         if len(parts) >= 3 and parts[0] in rows and PurePosixPath(name).suffix.lower() in image_folder.IMAGE_SUFFIXES:
-            rows[parts[0]].append((name, "/".join(parts[1:-1])))
+            rows[parts[0]].append((name, places365.printable("/".join(parts[1:-1]))))
     categories = sorted({category for split in SPLITS for _, category in rows[split]})
     labels = {c: i for i, c in enumerate(categories)}
     return categories, {split: [(name, labels[c]) for name, c in rows[split]] for split in SPLITS}
