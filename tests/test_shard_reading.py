@@ -116,3 +116,17 @@ def test_a_jpeg_with_libjpeg_warnings_reads_as_its_clean_twin(capfd):
     shards.decode_pixels({"__key__": "stray", "jpg": stray}, out=slots[1])
     assert np.array_equal(slots[1], shards.decode_pixels({"jpg": clean})) and not slots[0].any()
     assert "Corrupt JPEG" not in capfd.readouterr().err  # decoded in the fast path, not warned about per image
+
+
+def test_in_process_batches_cover_every_epoch_once_and_resume_from_the_seed(shard_urls):
+    def take(count: int, skip: int = 0) -> list[torch.Tensor]:
+        stream = shards.train_batches(shard_urls, 4, seed=0, num_workers=0, skip=skip)
+        batches = [next(stream) for _ in range(count)]
+        stream.close()
+        return batches
+
+    batches = take(12)  # two epochs of 24 images
+    epochs = [sorted(torch.cat(batches[e * 6:(e + 1) * 6])[:, 0, 0, 0].tolist()) for e in (0, 1)]
+    assert epochs[0] == epochs[1] == [i * 10 for i in range(24)]  # image i is flat grey 10 * i
+    assert not torch.equal(torch.cat(batches[:6]), torch.cat(batches[6:]))  # each epoch reshuffles
+    assert all(torch.equal(x, y) for x, y in zip(take(5, skip=7), batches[7:]))  # a resumed stream goes on alike
