@@ -1,5 +1,6 @@
 """The reading side: shards parsed in memory, split by DDP process and loader worker, throughput metered."""
 import io
+import tarfile
 
 import numpy as np
 import pytest
@@ -130,3 +131,18 @@ def test_in_process_batches_cover_every_epoch_once_and_resume_from_the_seed(shar
     assert epochs[0] == epochs[1] == [i * 10 for i in range(24)]  # image i is flat grey 10 * i
     assert not torch.equal(torch.cat(batches[:6]), torch.cat(batches[6:]))  # each epoch reshuffles
     assert all(torch.equal(x, y) for x, y in zip(take(5, skip=7), batches[7:]))  # a resumed stream goes on alike
+
+
+def test_a_foreign_shard_with_folders_and_long_names_reads_by_member(tmp_path):
+    long_folder = "d" * 120  # longer than a plain tar header holds: the folder gets a PAX header of its own
+    path = tmp_path / "foreign.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        folder = tarfile.TarInfo(long_folder)
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for name, body in (("k.jpg", _jpeg(np.zeros((8, 8, 3), np.uint8))), ("k.cls", b"2")):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    [sample] = shards.dataset([str(path)], shuffle_seed=None)
+    assert sample["__key__"] == "k" and sample["cls"] == 2

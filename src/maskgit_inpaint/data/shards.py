@@ -80,6 +80,8 @@ def _tar_samples(data: bytes, url: str) -> Iterator[dict]:
                     yield sample
                 key, sample = stem, {"__key__": stem, "__url__": url}
             sample[ext] = data[start:start + size]
+        else:  # a directory or link: in no sample; a PAX name before it was its own
+            pax_name = None
         offset = start + (size + BLOCK - 1) // BLOCK * BLOCK
     raise ShardFormatError(f"{url}: cut short at byte {end} (no end-of-archive block); rerun `dvc repro shard`")
 
