@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ def read_file(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError as err:
         if path.is_symlink():
-            raise RejectedImage(f"broken link to {os.readlink(path)}") from err
+            raise RejectedImage(f"broken link to {path.readlink()}") from err
         raise RejectedImage("file listed but missing") from err
     except OSError as err:  # unreadable (permissions, a directory named like an image, I/O error): one image, not the run
         raise RejectedImage(f"cannot read: {err.strerror or err}") from err

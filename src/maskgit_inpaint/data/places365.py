@@ -22,7 +22,7 @@ EASYFORMAT_ARCHIVE = "places365standard_easyformat.tar"
 
 @dataclass(frozen=True, slots=True)  # millions of them for Places365: no per-object dict
 class Entry:
-    key: str  # unique within its split, WebDataset-safe (no dots, no slashes)
+    key: str  # WebDataset-safe (no dots, no slashes); sources.open_source makes it unique in the source
     path: Path  # the image file, or the archive that holds it
     relative: str  # the image's name as its list or archive writes it
     label: int  # class index, -1 without classes
