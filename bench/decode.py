@@ -47,6 +47,7 @@ def main() -> None:
     p = params.transformer
     transformer = MaskedTokenTransformer(TransformerConfig(
         codebook_size=params.vqgan.n_embed, n_tokens=grid * grid, n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd,
+        local_mixing=p.local_mixing,
     )).to(dev).eval()
     images = torch.rand(IMAGES, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dev) * 2 - 1
     token_mask = masks.to_token_mask(masks.make("center", IMAGES, size, 0), vqgan.config.downsample).to(dev)

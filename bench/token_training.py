@@ -88,7 +88,7 @@ def main() -> None:
     grid = vqgan.config.token_grid(size)
     small = MaskedTokenTransformer(TransformerConfig(
         codebook_size=params.vqgan.n_embed, n_tokens=grid * grid, n_layer=p.n_layer, n_head=p.n_head,
-        n_embd=p.n_embd, mlp_ratio=p.mlp_ratio)).to(dev).train()
+        n_embd=p.n_embd, mlp_ratio=p.mlp_ratio, local_mixing=p.local_mixing)).to(dev).train()
     embedded = measure("embedded", vqgan, small, size, p.batch_size, p, dev)
     big_batch = 2 if dev.type == "cpu" else 32
     f16 = VQGAN(F16_1024).to(dev).eval()

@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from maskgit_inpaint.models.checkpoint import save_model
-from maskgit_inpaint.models.transformer import MaskedTokenTransformer, TransformerConfig
+from maskgit_inpaint.models.transformer import LocalMixing, MaskedTokenTransformer, TransformerConfig
 from maskgit_inpaint.models.vqgan import VQGAN, VQGANConfig
 
 
@@ -33,8 +34,10 @@ def test_saved_models_reload_identically(tmp_path):
     save_model(vq, tmp_path / "vq")
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     assert torch.equal(VQGAN.load(tmp_path / "vq").encode(x), vq.encode(x))
-    tf = MaskedTokenTransformer(TransformerConfig(codebook_size=8, n_tokens=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    tf = MaskedTokenTransformer(TransformerConfig(codebook_size=8, n_tokens=16, n_layer=1, n_head=2, n_embd=16,
+                                                  local_mixing=True)).eval()
     save_model(tf, tmp_path / "tf", extra={"steps": 3})
+    assert MaskedTokenTransformer.load(tmp_path / "tf").config.local_mixing
     ids = torch.randint(0, 9, (2, 16))
     assert torch.equal(MaskedTokenTransformer.load(tmp_path / "tf")(ids), tf(ids))
 
@@ -47,3 +50,20 @@ def test_transformer_is_bidirectional():
     # A later token changes the prediction at the first position: no causal mask.
     assert not torch.allclose(tf(ids)[0, 0], tf(changed)[0, 0])
     assert tf(ids).shape == (1, 16, 8)
+
+
+def test_local_mixing_reaches_exactly_the_3x3_grid_neighbours():
+    mixing = LocalMixing(TransformerConfig(n_tokens=64, n_embd=8))
+    torch.nn.init.normal_(mixing.conv.weight)  # every tap nonzero
+    x = torch.randn(1, 64, 8)
+    changed = x.clone()
+    changed[0, 3 * 8 + 5] = torch.randn(8)  # the token at row 3, column 5 of the 8x8 grid
+    moved = (mixing(changed) - mixing(x)).abs().sum(-1).view(8, 8) > 0
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[2:5, 4:7] = True
+    assert torch.equal(moved, expected)
+
+
+def test_local_mixing_needs_a_square_token_grid():
+    with pytest.raises(ValueError, match="square token grid"):
+        TransformerConfig(n_tokens=24, local_mixing=True)

@@ -117,6 +117,7 @@ class TransformerParams(Section):
     n_embd: int = Field(..., ge=8)
     mlp_ratio: int = Field(..., ge=1)  # MLP hidden width / n_embd
     dropout: float = Field(..., ge=0.0, lt=1.0)
+    local_mixing: bool  # depthwise 3x3 conv over the token grid before each block
     train_mask_schedule: str  # MVTM ratio gamma(r), r ~ U(0,1) ...
     fixed_mask_ratio: float | None = Field(..., gt=0.0, le=1.0)  # ... or a fixed ratio (the seed experiment's 0.3)
     label_smoothing: float = Field(..., ge=0.0, lt=1.0)

@@ -117,6 +117,7 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Proce
         TransformerConfig(
             codebook_size=meta["codebook_size"], n_tokens=train_tokens.shape[1],
             n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd, mlp_ratio=p.mlp_ratio, dropout=p.dropout,
+            local_mixing=p.local_mixing,
         )
     )
     model = MaskedTokenTransformer(config).to(dev)
