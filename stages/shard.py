@@ -33,7 +33,8 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
         for split in SPLITS:
             results = [r for r in built if r["name"].startswith(f"{split}-")]
             for r in results:
-                shutil.move(work_dir / r["name"], tmp / r["name"])
+                for path in (work_dir / r["name"], sharding.index_path(work_dir / r["name"])):
+                    shutil.move(path, tmp / path.name)
             manifest["splits"][split] = {
                 "count": sum(r["count"] for r in results),
                 "rejected": source.rejected[split] + [row for r in results for row in r["rejected"]],

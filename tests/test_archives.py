@@ -3,6 +3,7 @@ import io
 import json
 import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,7 +184,8 @@ def test_worker_pool_writes_the_same_shards_as_one_process(tmp_path):
     one = sharding.write_shards(jobs, tmp_path / "one", encoding, workers=0)
     pool = sharding.write_shards(jobs, tmp_path / "pool", encoding, workers=2)
     assert one == pool and len(one) == 3
-    assert all((tmp_path / "one" / r["name"]).read_bytes() == (tmp_path / "pool" / r["name"]).read_bytes() for r in one)
+    for path in [Path(r["name"]) for r in one] + [sharding.index_path(r["name"]) for r in one]:
+        assert (tmp_path / "one" / path).read_bytes() == (tmp_path / "pool" / path).read_bytes()
     assert sum(r["count"] for r in one) == 6 and all(".tmp" not in p.name for p in (tmp_path / "pool").iterdir())
 
 

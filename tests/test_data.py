@@ -64,6 +64,7 @@ def test_shard_stage_rejects_and_counts_bad_files(tiny_project):
     assert "cannot decode" in reasons[entries[0].relative]
     assert reasons[entries[2].relative] == "file listed but missing"
     assert len(train["shards"]) >= 2  # at least as many shards as loader workers
+    assert all(sharding.index_path(tiny_project / "data/shards" / s["name"]).is_file() for s in train["shards"])
 
     images, keys = shards.load_split(shards.shard_urls(tiny_project / "data/shards", "train"))
     assert images.shape == (len(entries) - 3, 3, 32, 32) and images.min() >= -1 and images.max() <= 1

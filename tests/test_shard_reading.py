@@ -1,6 +1,9 @@
-"""The reading side: shards parsed in memory, split by DDP process and loader worker, throughput metered."""
+"""The reading side: shards sliced by their index or parsed in memory, split by DDP process and loader worker, throughput metered."""
 import io
+import json
+import re
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +41,38 @@ def test_samples_come_back_as_written_long_names_included(shard_urls):
     images, keys = shards.load_split(shard_urls)
     assert keys == [s["__key__"] for s in samples] and images.shape == (24, 3, 16, 16)
     assert images[1, 0, 0, 0].item() == pytest.approx(10 / 127.5 - 1)
+
+
+def test_the_index_beside_each_shard_points_at_its_images_and_reads_as_the_tar_does(shard_urls, tmp_path):
+    for url in shard_urls:
+        index, data = json.loads(sharding.index_path(url).read_text()), Path(url).read_bytes()
+        with tarfile.open(url) as tar:  # tarfile's own reading, independent of ours; nothing is extracted to disk
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        rows = list(zip(*(index[field] for field in sharding.INDEX_FIELDS)))
+        assert index["shard_bytes"] == len(data) and len(members) == 2 * len(rows) == 12
+        for key, ext, start, size, label in rows:
+            assert data[start:start + size] == members[f"{key}.{ext}"] and members[f"{key}.cls"] == str(label).encode()
+    unindexed = []  # the same shards without their index: read by parsing the tar
+    for url in shard_urls:
+        (tmp_path / Path(url).name).write_bytes(Path(url).read_bytes())
+        unindexed.append(str(tmp_path / Path(url).name))
+    by_index, by_parse = list(shards.dataset(shard_urls, None)), list(shards.dataset(unindexed, None))
+    assert [(s["__key__"], s["cls"]) for s in by_index] == [(s["__key__"], s["cls"]) for s in by_parse]
+    assert len(by_index) == 24 and all(torch.equal(a["image"], b["image"]) for a, b in zip(by_index, by_parse))
+
+
+def test_a_stale_or_damaged_index_names_the_file_and_the_fix(shard_urls, tmp_path):
+    shard, index = tmp_path / "train-000000.tar", tmp_path / "train-000000.idx"
+    data = Path(shard_urls[0]).read_bytes()
+    shard.write_bytes(data + bytes(512))  # the shard changed after its index was written
+    index.write_bytes(sharding.index_path(shard_urls[0]).read_bytes())
+    stale = f"{shard}: {len(data) + 512} bytes, but its index train-000000.idx was written for a shard of {len(data)}"
+    with pytest.raises(shards.ShardFormatError, match=re.escape(stale) + ".*dvc repro shard"):
+        list(shards.dataset([str(shard)], shuffle_seed=None))
+    for damaged in ('{"shard_bytes": 3', '{"shard_bytes": 3}'):  # cut short; without its columns
+        index.write_text(damaged)
+        with pytest.raises(shards.ShardFormatError, match=re.escape(f"{index}: not a shard index") + ".*dvc repro shard"):
+            list(shards.dataset([str(shard)], shuffle_seed=None))
 
 
 def test_a_damaged_or_cut_shard_names_the_file_and_the_fix(shard_urls, tmp_path):
@@ -114,8 +149,8 @@ def test_a_jpeg_with_libjpeg_warnings_reads_as_its_clean_twin(capfd):
     clean = _jpeg(np.random.default_rng(1).integers(0, 256, (24, 24, 3), dtype=np.uint8))
     stray = clean[:-2] + b"\x00\x11\x22" + clean[-2:]  # "extraneous bytes before marker 0xd9": PIL and sharding accept it
     slots = np.zeros((2, 24, 24, 3), np.uint8)
-    shards.decode_pixels({"__key__": "stray", "jpg": stray}, out=slots[1])
-    assert np.array_equal(slots[1], shards.decode_pixels({"jpg": clean})) and not slots[0].any()
+    shards.decode_pixels(stray, "jpg", out=slots[1])
+    assert np.array_equal(slots[1], shards.decode_pixels(clean, "jpg")) and not slots[0].any()
     assert "Corrupt JPEG" not in capfd.readouterr().err  # decoded in the fast path, not warned about per image
 
 

@@ -4,7 +4,10 @@ A shard holds a fixed slice of the (seeded, ordered) entry list, so its bytes de
 only on that slice and the encoding: shards can be built by any worker in any order,
 and a killed run resumes by keeping the shards it finished. A shard is written under
 `<name>.tmp` and renamed only when complete, next to a `<name>.json` with its count,
-rejects and sha256, so a shard that looks complete is complete.
+rejects and sha256, so a shard that looks complete is complete. Beside each shard goes
+its index (`<stem>.idx`, INDEX_FIELDS per sample): where each image lies in the tar and
+its class, so readers slice images out of one read of the shard instead of parsing its
+headers (shards.py).
 """
 from __future__ import annotations
 
@@ -26,10 +29,11 @@ from tqdm import tqdm
 from maskgit_inpaint.data import archives
 from maskgit_inpaint.data.images import RejectedImage, prepare_image, read_file
 from maskgit_inpaint.data.places365 import Entry
-from maskgit_inpaint.io import sha256_file, write_json
+from maskgit_inpaint.io import atomic_file, sha256_file, write_json
 
 MANIFEST = "manifest.json"  # beside the shards: source, categories, per split the count, rejects and shard sha256s
 PLAN = "plan.json"  # fingerprint of the plan the shards in a work folder belong to
+INDEX_FIELDS = ("keys", "exts", "starts", "sizes", "labels")  # an index's per-sample columns (starts: byte offsets of image data)
 
 
 @dataclass(frozen=True)
@@ -60,16 +64,24 @@ def _read(entry: Entry, handles: dict[Path, BinaryIO]) -> bytes:
     return archives.read_range(handles[entry.path], *entry.span, entry.path, entry.relative)
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def index_path(shard: Path | str) -> Path:
+    """The index beside a shard: train-000003.tar -> train-000003.idx."""
+    return Path(shard).with_suffix(".idx")
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> int:
+    """Append one member; returns the offset of its data in the tar."""
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), 0o444, 0  # no clock, owner or umask in the bytes: reruns are identical
     tar.addfile(info, io.BytesIO(data))
+    padded = math.ceil(len(data) / tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return tar.offset - padded  # tar.offset is now past the padded data
 
 
 def build_shard(job: ShardJob, work_dir: Path, encoding: Encoding) -> dict:
-    """Write one shard into work_dir (temp name, then rename); returns its count, rejects and sha256."""
+    """Write one shard and its index into work_dir (temp names, then renames); returns its count, rejects and sha256."""
     final, tmp = work_dir / job.name, work_dir / f"{job.name}.tmp"
-    rejected, count, handles = [], 0, {}
+    rejected, index, handles = [], {field: [] for field in INDEX_FIELDS}, {}
     try:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
             for entry in job.entries:
@@ -78,13 +90,15 @@ def build_shard(job: ShardJob, work_dir: Path, encoding: Encoding) -> dict:
                 except RejectedImage as err:
                     rejected.append({"path": entry.relative, "reason": str(err)})
                     continue
-                _add(tar, f"{entry.key}.{ext}", data)
-                _add(tar, f"{entry.key}.cls", str(entry.label).encode())
-                count += 1
+                for field, value in zip(INDEX_FIELDS, (entry.key, ext, _add(tar, f"{entry.key}.{ext}", data), len(data), entry.label)):
+                    index[field].append(value)
+                _add(tar, f"{entry.key}.cls", str(entry.label).encode())  # for WebDataset readers other than ours
     finally:
         for handle in handles.values():
             handle.close()
-    result = {"name": job.name, "count": count, "rejected": rejected, "sha256": sha256_file(tmp)}
+    result = {"name": job.name, "count": len(index["keys"]), "rejected": rejected, "sha256": sha256_file(tmp)}
+    with atomic_file(index_path(final)) as index_file:  # compact: read once per shard per epoch
+        index_file.write_text(json.dumps({"shard_bytes": tmp.stat().st_size, **index}, separators=(",", ":")))
     write_json(work_dir / f"{job.name}.json", result)
     os.replace(tmp, final)  # last: the shard's presence under its name marks it complete
     return result

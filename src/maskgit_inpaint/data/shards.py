@@ -1,13 +1,16 @@
 """WebDataset shards read back for training and evaluation (data/sharding.py writes them).
 
-A sample is `__key__`, `jpg` or `png` (RGB, image_size x image_size) and `cls`.
+A sample is `__key__`, `jpg` or `png` (RGB, image_size x image_size) and `cls`. Read,
+it travels through the pipeline as an `Encoded` tuple until it is decoded.
 """
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import simplejpeg
@@ -15,7 +18,7 @@ import torch
 import webdataset as wds
 from torchvision.io import ImageReadMode, decode_image
 
-from maskgit_inpaint.data.sharding import MANIFEST
+from maskgit_inpaint.data.sharding import INDEX_FIELDS, MANIFEST, index_path
 from maskgit_inpaint.io import read_json
 
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
@@ -42,13 +45,46 @@ class ShardFormatError(ValueError):
     """A shard that is not the tar sharding.py writes (cut short, damaged, or foreign)."""
 
 
-def _tar_samples(data: bytes, url: str) -> Iterator[dict]:
-    """Samples of an in-memory shard: consecutive files "<key>.<ext>" with one key make one sample.
+class Encoded(NamedTuple):
+    """One sample as read from a shard, not yet decoded.
 
-    One pass over the headers (the plain and PAX ones sharding.py writes) of one read of the
-    whole shard costs a fraction of tarfile's per-member reads, which at 64 px took as long as
-    decoding the JPEGs. The shard's sha256 is in the manifest; here a header that does not
-    parse or a body cut short stops the read.
+    A tuple, not WebDataset's usual dict, holding bytes, not views into the shard's buffer:
+    with a thousand samples in the shuffle buffer, dicts of views (which the garbage
+    collector tracks) cost ~10% of the time of decoding a 64 px JPEG, dicts of bytes ~5%.
+    """
+    key: str
+    url: str  # the shard it came from, named in errors
+    ext: str  # "jpg" or "png": which decoder
+    data: bytes  # the encoded image
+    label: int  # class index (-1: none)
+
+
+def _indexed_samples(data: bytes, url: str) -> list[Encoded] | None:
+    """Samples sliced out of a shard by the index sharding.py writes beside it; None for a shard without one.
+
+    At 64 px, parsing the tar headers in Python cost a tenth of the time of decoding the
+    JPEGs; reading the index, about a third of that.
+    """
+    path = index_path(url)
+    try:
+        index = json.loads(path.read_bytes())
+        columns = [index[field] for field in INDEX_FIELDS]
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as err:
+        raise ShardFormatError(f"{path}: not a shard index ({err!r}); rerun `dvc repro shard`") from err
+    if index.get("shard_bytes") != len(data):
+        raise ShardFormatError(f"{url}: {len(data)} bytes, but its index {path.name} was written for a shard of "
+                               f"{index.get('shard_bytes')}; rerun `dvc repro shard`")
+    return [Encoded(key, url, ext, data[start:start + size], label) for key, ext, start, size, label in zip(*columns)]
+
+
+def _tar_samples(data: bytes, url: str) -> Iterator[dict]:
+    """Samples of an in-memory shard without an index: consecutive files "<key>.<ext>" with one key make one sample.
+
+    One pass over the headers (plain and PAX) of one read of the whole shard costs a
+    fraction of tarfile's per-member reads. The shard's sha256 is in the manifest; here a
+    header that does not parse or a body cut short stops the read.
     """
     sample, key, offset, pax_name, end = None, None, 0, None, len(data)
     while offset + BLOCK <= end:
@@ -86,45 +122,55 @@ def _tar_samples(data: bytes, url: str) -> Iterator[dict]:
     raise ShardFormatError(f"{url}: cut short at byte {end} (no end-of-archive block); rerun `dvc repro shard`")
 
 
-def shard_samples(shards: Iterator[dict]) -> Iterator[dict]:
-    """WebDataset pipeline stage: {"url"} per shard -> raw samples {"__key__", "__url__", <ext>: bytes, ...}."""
+def _encoded(sample: dict) -> Encoded:
+    """A sample parsed from the tar -> Encoded."""
+    ext = next((ext for ext in ("jpg", "png") if ext in sample), None)
+    if ext is None:
+        raise ShardFormatError(f"{sample['__url__']}: sample {sample['__key__']} has no .jpg or .png member; rerun `dvc repro shard`")
+    return Encoded(sample["__key__"], sample["__url__"], ext, sample[ext], int(sample.get("cls", -1)))
+
+
+def shard_samples(shards: Iterator[dict]) -> Iterator[Encoded]:
+    """WebDataset pipeline stage: {"url"} per shard -> its samples, by its index or else by parsing the tar."""
     for shard in shards:
-        with open(shard["url"], "rb") as fh:
+        url = shard["url"]
+        with open(url, "rb") as fh:
             data = fh.read()
-        yield from _tar_samples(data, shard["url"])
+        indexed = _indexed_samples(data, url)
+        yield from map(_encoded, _tar_samples(data, url)) if indexed is None else indexed
 
 
-def decode_pixels(sample: dict, out: np.ndarray | None = None) -> np.ndarray:
-    """The sample's image as (H, W, 3) uint8 RGB; decoded straight into `out` (a batch's slot) when given.
+def decode_pixels(data: bytes, ext: str, out: np.ndarray | None = None) -> np.ndarray:
+    """An encoded image as (H, W, 3) uint8 RGB; decoded into `out` (a batch's slot) when given and of its size.
 
-    JPEG goes through simplejpeg (libjpeg-turbo, ~1.8x torchvision's decode_image at 64 px,
-    and it writes into a given buffer, which saves a copy per image when batching); PNG,
-    and any JPEG simplejpeg refuses, through torchvision.
+    The caller compares the returned shape with `out`'s. JPEG goes through simplejpeg
+    (libjpeg-turbo, ~1.8x torchvision's decode_image at 64 px, and it writes into a given
+    buffer, which saves a copy per image when batching); PNG, and any JPEG simplejpeg
+    refuses, through torchvision.
     """
-    pixels = None
-    if "jpg" in sample:
+    if ext == "jpg":
         try:  # strict=False: libjpeg's warnings (e.g. stray bytes before the end marker) pass, as they did in sharding
-            pixels = simplejpeg.decode_jpeg(sample["jpg"], colorspace="RGB", buffer=out, strict=False)
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out, strict=False)
         except ValueError:  # one it refuses (or too big for `out`): torchvision decides
             pass
-    copy = pixels is None
-    if copy:
-        encoded = torch.frombuffer(bytearray(sample["jpg"] if "jpg" in sample else sample["png"]), dtype=torch.uint8)
-        pixels = decode_image(encoded, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()  # (H, W, 3)
-    if out is not None:
-        if pixels.shape != out.shape:
-            where = f"{sample.get('__url__', 'shard')}: image {sample.get('__key__', '')}"
-            raise ShardFormatError(f"{where} is {pixels.shape[1]}x{pixels.shape[0]}, the batch's first "
-                                   f"{out.shape[1]}x{out.shape[0]}; rerun `dvc repro shard`")
-        if copy:
-            out[...] = pixels
+    pixels = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    pixels = pixels.permute(1, 2, 0).numpy()  # (H, W, 3)
+    if out is not None and pixels.shape == out.shape:
+        out[...] = pixels
     return pixels
 
 
-def decode_sample(sample: dict) -> dict:
-    """Raw shard sample -> key, image (3, H, W) uint8, class index."""
-    return {"__key__": sample["__key__"], "image": torch.from_numpy(decode_pixels(sample)).permute(2, 0, 1),
-            "cls": int(sample["cls"])}
+def _decode_into(sample: Encoded, slot: np.ndarray) -> None:
+    pixels = decode_pixels(sample.data, sample.ext, out=slot)
+    if pixels.shape != slot.shape:
+        raise ShardFormatError(f"{sample.url}: image {sample.key} is {pixels.shape[1]}x{pixels.shape[0]}, the batch's "
+                               f"first {slot.shape[1]}x{slot.shape[0]}; rerun `dvc repro shard`")
+
+
+def decode_sample(sample: Encoded) -> dict:
+    """Encoded sample -> key, image (3, H, W) uint8, class index."""
+    return {"__key__": sample.key, "image": torch.from_numpy(decode_pixels(sample.data, sample.ext)).permute(2, 0, 1),
+            "cls": sample.label}
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -164,16 +210,16 @@ def _image_batches(batch_size: int, partial: bool, with_keys: bool):
         images = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # (B, 3, H, W), a view of (B, H, W, 3) memory
         return (images, keys) if with_keys else images
 
-    def stage(samples: Iterator[dict]) -> Iterator:
+    def stage(samples: Iterator[Encoded]) -> Iterator:
         pixels, keys = None, []
         for sample in samples:
             if pixels is None:  # the batch's first image gives the size of its buffer
-                first = decode_pixels(sample)
+                first = decode_pixels(sample.data, sample.ext)
                 pixels = np.empty((batch_size, *first.shape), dtype=np.uint8)  # (B, H, W, 3)
                 pixels[0] = first
             else:
-                decode_pixels(sample, out=pixels[len(keys)])
-            keys.append(sample["__key__"])
+                _decode_into(sample, pixels[len(keys)])
+            keys.append(sample.key)
             if len(keys) == batch_size:
                 yield batch(pixels, keys)
                 pixels, keys = None, []
