@@ -6,8 +6,8 @@ checks and passes them through as it does Places365's 256 px files):
 - sharding: loose files -> shards with the stage's writer (data.workers processes);
 - decode: the loader's decode (JPEG -> (H, W, 3) uint8 array) from bytes in memory,
   one process: the most a loader in one process can deliver on this machine;
-- shard_read: the training loader (train_batches: shard shuffle, shuffle buffer,
-  tar parsing, decode, batching), one process;
+- shard_read: the training loader (train_batches: shard shuffle, the shard's index, shuffle buffer,
+  decode, batching), one process;
 - loose_files: reading each file from disk and the same decode, one process.
 Files were just written, so reads come from the page cache: this measures framework
 overhead, not the disk. Each rate is the best of ROUNDS; within a round the three read
