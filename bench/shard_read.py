@@ -10,18 +10,22 @@ checks and passes them through as it does Places365's 256 px files):
   decode, batching), one process;
 - loose_files: reading each file from disk and the same decode, one process.
 Files were just written, so reads come from the page cache: this measures framework
-overhead, not the disk. Each rate is the best of ROUNDS; within a round the three read
-paths run back to back, and the ratio shard_read / decode of each round is taken there,
-so a neighbour's load on a shared machine slows both sides of it. ratio (per size) = the
-median of those per-round ratios (>= 0.8: overhead under 20%); the JSON's ratio = the
-lowest over sizes. Last line: JSON.
+overhead, not the disk. The three read paths run as endless streams that take turns,
+SEGMENT images each, for ROUNDS rounds (the first WARM_UP dropped: the shuffle buffer
+fills); a rate is SEGMENT / the median segment time, and a round's ratio is taken
+within the round, so a neighbour's load on a shared machine, which swings single
+timings here by 30%, slows both sides of it. ratio (per size) = the median over rounds
+of shard_read / decode (>= 0.8: I/O and framework overhead under 20%), with its 10th
+to 90th percentile; the JSON's ratio = the lowest over sizes. Last line: JSON.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # the stage's progress bars would bury the figures
@@ -33,9 +37,10 @@ from maskgit_inpaint import config  # noqa: E402
 from maskgit_inpaint.data import sharding, sources  # noqa: E402
 from maskgit_inpaint.data.scenes import CATEGORIES, render  # noqa: E402
 
-ROUNDS = 11
+ROUNDS, WARM_UP = 200, 10
 BATCH = 32
 SIZES = {64: 4096, 256: 1024}  # image size -> images
+SEGMENT = {64: 256, 256: 64}  # image size -> images per timed turn (a multiple of BATCH)
 
 
 def write_photos(root: Path, size: int, count: int) -> list[Path]:
@@ -71,33 +76,44 @@ def measure(size: int, count: int, workers: int, tmp: Path) -> dict:
     entries = sources.open_source(tmp / "photos", 0.1, 0).splits["train"]
     jobs = sharding.plan("train", entries, max_count=256, min_shards=workers)
     encoding = sharding.Encoding(size, 1, None)
-    sharding_s = min(timed(lambda r=r: sharding.write_shards(jobs, tmp / f"shards{r}", encoding, workers)) for r in range(ROUNDS))
+    sharding_s = min(timed(lambda r=r: sharding.write_shards(jobs, tmp / f"shards{r}", encoding, workers)) for r in range(3))
     urls = [str(tmp / "shards0" / job.name) for job in jobs]
 
-    def decode() -> None:
-        for data in encoded:
-            shards.decode_pixels(data, "jpg")
+    segment = SEGMENT[size]
 
-    def shard_read() -> None:
-        batches = shards.train_batches(urls, BATCH, seed=0, num_workers=0)
-        for _ in range(count // BATCH):
-            next(batches)
-        batches.close()
+    def cycled(items: list) -> Iterator[list]:  # segment divides len(items)
+        for start in itertools.count(0, segment):
+            yield items[start % len(items):start % len(items) + segment]
 
-    def loose_files() -> None:
-        for path in paths:
-            shards.decode_pixels(path.read_bytes(), "jpg")
+    def decode() -> Iterator[None]:
+        for part in cycled(encoded):
+            for data in part:
+                shards.decode_pixels(data, "jpg")
+            yield
 
-    read = count // BATCH * BATCH
-    seconds = {"decode": [], "shard_read": [], "loose_files": []}
-    decode()  # warm-up: imports, allocator
+    def shard_read() -> Iterator[None]:
+        batches = shards.train_batches(urls, BATCH, seed=0, num_workers=0)  # endless: epoch after epoch
+        while True:
+            for _ in range(segment // BATCH):
+                next(batches)
+            yield
+
+    def loose_files() -> Iterator[None]:
+        for part in cycled(paths):
+            for path in part:
+                shards.decode_pixels(path.read_bytes(), "jpg")
+            yield
+
+    streams = {"decode": decode(), "shard_read": shard_read(), "loose_files": loose_files()}
+    seconds = {name: [] for name in streams}
     for _ in range(ROUNDS):
-        for name, fn in (("decode", decode), ("shard_read", shard_read), ("loose_files", loose_files)):
-            seconds[name].append(timed(fn))
-    ratios = [rate(read, s) / rate(count, d) for s, d in zip(seconds["shard_read"], seconds["decode"])]
-    return {"size": size, "images": count, "sharding": rate(count, sharding_s), "decode": rate(count, min(seconds["decode"])),
-            "shard_read": rate(read, min(seconds["shard_read"])), "loose_files": rate(count, min(seconds["loose_files"])),
-            "ratio": float(np.median(ratios)), "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)]}
+        for name, stream in streams.items():
+            seconds[name].append(timed(lambda stream=stream: next(stream)))
+    times = {name: np.array(s[WARM_UP:]) for name, s in seconds.items()}
+    ratios = times["decode"] / times["shard_read"]
+    return {"size": size, "images": count, "sharding": rate(count, sharding_s),
+            **{name: rate(segment, float(np.median(t))) for name, t in times.items()},
+            "ratio": float(np.median(ratios)), "ratio_p10_p90": [round(float(q), 3) for q in np.percentile(ratios, [10, 90])]}
 
 
 def main() -> None:
@@ -109,7 +125,7 @@ def main() -> None:
         r = rows[-1]
         print(f"{size:>3} px, {r['images']} images (images/s): sharding {r['sharding']:.0f} ({workers} workers) | "
               f"decode {r['decode']:.0f} | shard_read {r['shard_read']:.0f} | loose_files {r['loose_files']:.0f} | "
-              f"ratio shard_read/decode {r['ratio']:.2f} (rounds {r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f})")
+              f"ratio shard_read/decode {r['ratio']:.2f} (p10-p90 {r['ratio_p10_p90'][0]:.2f}-{r['ratio_p10_p90'][1]:.2f})")
     print(json.dumps({"ratio": round(min(r["ratio"] for r in rows), 3), **{f"ratio_{r['size']}": round(r["ratio"], 3) for r in rows},
                       "rows": [{k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows]}))
 
