@@ -1,6 +1,8 @@
 """The reading side: shards sliced by their index or parsed in memory, split by DDP process and loader worker, throughput metered."""
+import functools
 import io
 import json
+import pickle
 import re
 import tarfile
 from pathlib import Path
@@ -166,6 +168,29 @@ def test_in_process_batches_cover_every_epoch_once_and_resume_from_the_seed(shar
     assert epochs[0] == epochs[1] == [i * 10 for i in range(24)]  # image i is flat grey 10 * i
     assert not torch.equal(torch.cat(batches[:6]), torch.cat(batches[6:]))  # each epoch reshuffles
     assert all(torch.equal(x, y) for x, y in zip(take(5, skip=7), batches[7:]))  # a resumed stream goes on alike
+
+
+def test_the_shuffle_buffer_mixes_shards_and_loses_or_repeats_nothing():
+    shards_of_100 = [[(shard, i) for i in range(100)] for shard in range(10)]  # (shard, position) stand in for samples
+
+    def shuffled(size: int, seed: int) -> list:
+        return [sample for block in shards._shuffle_buffer(iter(shards_of_100), size, seed) for sample in block]
+
+    everything = sorted(s for block in shards_of_100 for s in block)
+    for size in (150, 5000):  # smaller than the stream; larger: a permutation of all of it
+        assert sorted(shuffled(size, 0)) == everything
+    assert shuffled(150, 0) == shuffled(150, 0) != shuffled(150, 1)  # the seed decides the order
+    first = shuffled(150, 0)[:100]
+    assert len({shard for shard, _ in first}) >= 2 and first != sorted(first)  # the first batches mix shards
+    late = shuffled(150, 0)[500:600]  # a sample lingers in the buffer for a while: old and new shards mix
+    assert len({shard for shard, _ in late}) >= 3
+
+
+def test_the_batch_pipeline_pickles_for_spawned_loader_workers(shard_urls):
+    """macOS and Windows start DataLoader workers by spawning: each gets the pipeline pickled."""
+    pipeline = shards._samples(shard_urls, shuffle_seed=0).compose(
+        functools.partial(shards._image_batches, batch_size=4, short_last=False, with_keys=False))
+    assert torch.equal(next(iter(pickle.loads(pickle.dumps(pipeline)))), next(iter(pipeline)))
 
 
 def test_a_foreign_shard_with_folders_and_long_names_reads_by_member(tmp_path):
