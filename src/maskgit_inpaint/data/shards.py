@@ -50,10 +50,10 @@ class ShardFormatError(ValueError):
 class Encoded(NamedTuple):
     """One sample as read from a shard, not yet decoded.
 
-    A tuple, not WebDataset's usual dict, holding bytes, not views into the shard's buffer:
-    with a thousand samples in the shuffle buffer, dicts of views (which the garbage
-    collector tracks) cost ~10% of the time of decoding a 64 px JPEG, dicts of bytes
-    ~5% (interleaved runs, each within a few percent).
+    A tuple, not WebDataset's usual dict (with a thousand samples in the shuffle buffer,
+    dicts cost ~5% of the time of decoding a 64 px JPEG), holding bytes copied out of the
+    shard: views into it (read or memory-mapped) were no faster in interleaved runs, and
+    would keep a whole shard in memory while any of its samples waits in the buffer.
     """
     key: str
     url: str  # the shard it came from, named in errors
