@@ -170,11 +170,6 @@ def decode_pixels(data: bytes, ext: str, out: np.ndarray | None = None) -> np.nd
     return pixels
 
 
-def _size_mismatch(sample: Encoded, size: tuple[int, ...], batch_size: tuple[int, ...]) -> ShardFormatError:
-    return ShardFormatError(f"{sample.url}: image {sample.key} is {size[1]}x{size[0]}, the batch's first "
-                            f"{batch_size[1]}x{batch_size[0]}; rerun `dvc repro shard`")
-
-
 def decode_sample(sample: Encoded) -> dict:
     """Encoded sample -> key, image (3, H, W) uint8, class index."""
     return {"__key__": sample.key, "image": torch.from_numpy(decode_pixels(sample.data, sample.ext)).permute(2, 0, 1),
@@ -241,7 +236,8 @@ def _decode_batch(samples: list[Encoded]) -> np.ndarray:
     for sample, slot in zip(samples[1:], pixels[1:]):
         decoded = decode_pixels(sample.data, sample.ext, out=slot)
         if decoded.shape != slot.shape:
-            raise _size_mismatch(sample, decoded.shape, slot.shape)
+            raise ShardFormatError(f"{sample.url}: image {sample.key} is {decoded.shape[1]}x{decoded.shape[0]}, the "
+                                   f"batch's first {slot.shape[1]}x{slot.shape[0]}; rerun `dvc repro shard`")
     return pixels
 
 
