@@ -4,12 +4,14 @@ Everything runs in one process on the same models (VQGAN and transformer built
 from params.yaml's `vqgan` / `transformer` sections with random weights: speed does
 not depend on them), the same IMAGES random images and the same grid (schedule
 "cosine", T steps, SWEET_SPOTS). Each figure is the min over REPEATS timed runs
-after one warm-up run, under torch.no_grad and bf16 autocast; the paths take turns
+after one warm-up run, under torch.no_grad and the precision the grid runs in; the paths take turns
 in every round, so load from other processes falls on all of them alike.
 
 - ours: the grid path. Tokens are pre-encoded (the extract_tokens stage, not
   timed); all images in one batch decode ONE T-step trajectory that yields every
-  sweet spot, and the VQGAN decodes pixels only at the sweet spots (batched).
+  sweet spot, and the VQGAN decodes pixels only at the sweet spots (batched). As
+  in evaluation.py, on a CPU both models run the batch in cache-sized chunks
+  (runtime.chunked).
 - lab: the lab's way, one image at a time: VQGAN-encode the image, then for every
   sweet spot k a fresh run of the T-step schedule stopped at step k, decoding
   pixels after every step (the lab looked at each one).
@@ -41,6 +43,7 @@ REPEATS = 3
 def main() -> None:
     params = config.load()
     dev = runtime.setup(0)
+    prec = runtime.precision(params.eval.precision, dev)  # as the grid decides it
     size = params.data.image_size
     vqgan = VQGAN(model_config(params.vqgan, size)).to(dev).eval()
     grid = vqgan.config.token_grid(size)
@@ -51,14 +54,18 @@ def main() -> None:
     )).to(dev).eval()
     images = torch.rand(IMAGES, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dev) * 2 - 1
     token_mask = masks.to_token_mask(masks.make("center", IMAGES, size, 0), vqgan.config.downsample).to(dev)
-    with torch.no_grad(), runtime.autocast(dev, True):
+    with torch.no_grad(), prec.autocast():
         tokens = vqgan.encode(images).flatten(1)  # (B, h*w): what extract_tokens stores; not timed
 
+    t_chunk = runtime.chunk_size(dev, transformer.config.activation_bytes)
+    v_chunk = runtime.chunk_size(dev, vqgan.config.decode_activation_bytes(size))
+
     def run(tok: torch.Tensor, mask: torch.Tensor, steps: int, spots: tuple[int, ...] | range) -> dict[int, torch.Tensor]:
-        return sampling.decode(transformer, tok, mask, SCHEDULE, steps, spots, generator=torch.Generator(dev).manual_seed(0))
+        return sampling.decode(lambda ids: runtime.chunked(transformer, ids, t_chunk), tok, mask, SCHEDULE, steps, spots,
+                               generator=torch.Generator(dev).manual_seed(0), mask_id=transformer.config.mask_id)
 
     def pixels(ids: torch.Tensor) -> None:
-        vqgan.decode_indices(ids.view(len(ids), grid, grid))
+        runtime.chunked(vqgan.decode_indices, ids.view(len(ids), grid, grid), v_chunk)
 
     def ours() -> None:
         for ids in run(tokens, token_mask, T, SWEET_SPOTS).values():
@@ -90,7 +97,7 @@ def main() -> None:
         "per_spot_batched": ("transformer only, all images batched, one run per sweet spot", per_spot_batched),
     }
     runs: dict[str, list[float]] = {name: [] for name in paths}
-    with torch.no_grad(), runtime.autocast(dev, True):
+    with torch.no_grad(), prec.autocast():
         for round_ in range(1 + REPEATS):  # round 0 warms up
             for name, (_, fn) in paths.items():
                 began = runtime.clock(dev)
@@ -110,7 +117,7 @@ def main() -> None:
           f"[{IMAGES} images, {SCHEDULE} T={T}, sweet spots {SWEET_SPOTS}, min of {REPEATS} after a warm-up, {dev}]")
     print(json.dumps({
         "bench": "decode", "device": str(dev), "images": IMAGES, "schedule": SCHEDULE, "T": T,
-        "sweet_spots": list(SWEET_SPOTS), "repeats": REPEATS, "statistic": "min",
+        "sweet_spots": list(SWEET_SPOTS), "repeats": REPEATS, "statistic": "min", **prec.facts(),
         **{f"seconds_{name}": round(s, 4) for name, s in seconds.items()},
         **{name: round(r, 2) for name, r in ratios.items()},
     }))

@@ -4,7 +4,7 @@ Per profile, on the same models and batches (random weights: speed does not depe
 on them), the time per training image of
 - tokens: one MVTM step (forward, backward, AdamW) on a batch read from a
   memory-mapped uint16 token array, as train_transformer does;
-- on_the_fly: the VQGAN encode of the batch's images (no grad, bf16 autocast, as
+- on_the_fly: the VQGAN encode of the batch's images (no grad, under the precision params decide, as
   extract_tokens) followed by the same step. JPEG decoding is left out of both,
   which flatters on_the_fly.
 Profiles: `embedded` (params.yaml's vqgan and transformer at data.image_size) and
@@ -38,6 +38,7 @@ F16_1024 = VQGANConfig(resolution=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_
 def measure(name: str, vqgan: VQGAN, transformer: MaskedTokenTransformer, image_size: int, batch: int,
             p: config.TransformerParams, dev: torch.device) -> dict:
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-4, betas=(0.9, 0.96))
+    prec = runtime.precision(p.precision, dev)  # as train_transformer decides it
     generator = torch.Generator().manual_seed(0)
     images = (torch.rand(batch, 3, image_size, image_size, generator=generator) * 2 - 1).to(dev)
     n_tokens = transformer.config.n_tokens
@@ -49,7 +50,7 @@ def measure(name: str, vqgan: VQGAN, transformer: MaskedTokenTransformer, image_
 
         def train_step(ids: torch.Tensor) -> None:
             mask = random_token_mask(mask_counts(len(ids), n_tokens, p, generator), n_tokens, generator).to(dev)
-            with runtime.autocast(dev, True):
+            with prec.autocast():
                 loss, _ = masked_loss(transformer, transformer.config.mask_id, ids, mask, p.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -60,7 +61,7 @@ def measure(name: str, vqgan: VQGAN, transformer: MaskedTokenTransformer, image_
             train_step(torch.from_numpy(store[index].astype(np.int64)).to(dev))
 
         def on_the_fly() -> None:
-            with torch.no_grad(), runtime.autocast(dev, True):
+            with torch.no_grad(), prec.autocast():
                 ids = vqgan.encode(images).flatten(1)  # (B, h*w)
             train_step(ids)
 
@@ -96,7 +97,8 @@ def main() -> None:
                                                        n_embd=768, mlp_ratio=4)).to(dev).train()
     places = measure("places365", f16, maskgit, 256, big_batch, p, dev)
     print(json.dumps({"embedded": embedded, "places365": places, "embedded_ratio": embedded["ratio"],
-                      "ratio": places["ratio"], "device": str(dev)}))
+                      "ratio": places["ratio"], "device": str(dev),
+                      **runtime.precision(p.precision, dev).facts()}))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """Prefect flow `eval-grid`: one task per decoding trajectory (mask, schedule, T), mapped.
 
+Step 1 of every trajectory of a mask kind is the same decode (evaluation.py), so each
+mask kind decodes one T = 1 trajectory whose cell serves every k = 1 cell, and the
+other trajectories decode their sweet spots k > 1.
+
 Cells are cached by their inputs (the GridSpec carries the model/token/code
 fingerprint and the mask seed), so a re-run with more T values decodes only the
 new trajectories. A trajectory that still fails after its retries is marked in
@@ -56,14 +60,19 @@ def eval_grid(
     overrides = {k: tuple(v) for k, v in {"masks": masks, "schedules": schedules, "T": T, "sweet_spots": sweet_spots}.items() if v}
     p = config.EvalParams.model_validate({**params.eval.model_dump(), **overrides})
     spec = evaluation.spec_for(params.paths, p)
-    plan = [(m, s, t, tuple(k for k in p.sweet_spots if k <= t)) for m in p.masks for s in p.schedules for t in p.T]
-    futures = trajectory.map(unmapped(spec), *(list(axis) for axis in zip(*plan)))
+    # Step 1 is the same decode in every trajectory of a mask kind: one T = 1 trajectory each serves every k = 1 cell.
+    firsts = trajectory.map(unmapped(spec), list(p.masks), unmapped(p.schedules[0]), unmapped(1), unmapped((1,)))
+    plan = [(m, s, t, tuple(k for k in p.sweet_spots if 1 < k <= t)) for m in p.masks for s in p.schedules for t in p.T if t > 1]
+    rests = dict(zip(((m, s, t) for m, s, t, _ in plan), trajectory.map(unmapped(spec), *(list(axis) for axis in zip(*plan)))))
     baselines = [task_.submit(spec, m) for m in p.masks for task_ in (vq_ceiling, telea)]
     trajectories, failed = {}, []
-    for (m, s, t, ks), future in zip(plan, futures):
-        try:
-            trajectories[(m, s, t)] = future.result()
-        except Exception as error:  # noqa: BLE001 - any failure of one cell is recorded, the grid goes on
-            print(f"eval-grid: trajectory mask={m} schedule={s} T={t} failed after retries: {error!r}")
-            failed += evaluation.failed_rows(m, s, t, ks, error)
+    for m, first in zip(p.masks, firsts):
+        for s in p.schedules:
+            for t in p.T:
+                try:
+                    rest = rests[(m, s, t)].result() if t > 1 else None
+                    trajectories[(m, s, t)] = evaluation.with_first_step(first.result(), rest, s, t)
+                except Exception as error:  # noqa: BLE001 - any failure of one cell is recorded, the grid goes on
+                    print(f"eval-grid: trajectory mask={m} schedule={s} T={t} failed after retries: {error!r}")
+                    failed += evaluation.failed_rows(m, s, t, tuple(k for k in p.sweet_spots if k <= t), error)
     return grid_report.publish(params.paths, p, spec, trajectories, [b.result() for b in baselines], failed)

@@ -29,7 +29,8 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
                                                  "metrics": result.metrics})
         mlflow.log_artifacts(str(paths.vqgan), artifact_path="model")
         mlflow.set_tags({f"unavailable.{k}": v for k, v in result.unavailable.items()})
-    write_json(paths.metrics / "vqgan.json", {**result.metrics, "unavailable": result.unavailable})
+        mlflow.log_params(tracking.runtime_params(result.precision))
+    write_json(paths.metrics / "vqgan.json", {**result.metrics, "runtime": result.precision.facts(), "unavailable": result.unavailable})
     write_curve(paths.metrics / "vqgan_curve.csv", result.curve)
     state.unlink(missing_ok=True)  # outs are complete: nothing left to resume
     m = result.metrics
@@ -38,7 +39,8 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
           f"K={result.model.config.n_embed}; val recon PSNR {m['init_recon_psnr']:.2f} -> {m['recon_psnr']:.2f} dB, "
           f"SSIM {m['recon_ssim']:.3f}, {lpips}, codebook usage {m['codebook_usage']:.0%} "
           f"(perplexity {m['codebook_perplexity']:.0f}); {m['train_images_per_s']:.0f} img/s, "
-          f"{m['input_wait_share']:.0%} of it waiting on input -> {paths.vqgan} ({time.perf_counter() - began:.0f}s)")
+          f"{m['input_wait_share']:.0%} of it waiting on input, {result.precision.describe()} -> {paths.vqgan} "
+          f"({time.perf_counter() - began:.0f}s)")
 
 
 if __name__ == "__main__":

@@ -32,10 +32,11 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
             with atomic_dir(paths.transformer) as tmp:
                 save_model(result.model, tmp, extra={"steps": p.steps, "metrics": result.metrics})
             mlflow.log_artifacts(str(paths.transformer), artifact_path="model")
+            mlflow.log_params(tracking.runtime_params(result.precision))
     distributed.stop(procs)
     if not procs.main:
         return
-    write_json(paths.metrics / "transformer.json", result.metrics)
+    write_json(paths.metrics / "transformer.json", {**result.metrics, "runtime": result.precision.facts()})
     ratios = [f"val_accuracy_{r}" for r in p.eval_mask_ratios]
     write_curve(paths.metrics / "transformer_train.csv", result.curve, ["step", "train_loss", "lr", "tokens_per_s"])
     write_curve(paths.metrics / "transformer_val.csv", result.curve, ["step", "val_accuracy", "val_nll", *ratios])
@@ -46,7 +47,7 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     mfu = f", MFU {m['mfu']:.1%}" if "mfu" in m else ""
     print(f"train_transformer: {p.steps} steps, {n_params / 1e6:.2f}M params, {procs.world} process(es), "
           f"{m['tokens_per_s']:.0f} tokens/s{mfu}; val masked-token accuracy {per_ratio} "
-          f"(most-frequent-token baseline {m['baseline_accuracy']:.3f}) -> {paths.transformer} "
+          f"(most-frequent-token baseline {m['baseline_accuracy']:.3f}), {result.precision.describe()} -> {paths.transformer} "
           f"({time.perf_counter() - began:.0f}s)")
 
 

@@ -60,7 +60,8 @@ def test_eval_grid_flow_tables_tracks_and_caches(prefect_server, grid_project, s
     calls = _trajectory_calls(monkeypatch)
     eval_grid(params_file="params.yaml")
     plan = [(m, s, T) for m in ("center", "thick") for s in ("linear", "cosine") for T in (1, 3)]
-    assert sorted(calls) == sorted(plan)
+    # One T = 1 trajectory per mask kind (under the first schedule) serves every k = 1 cell.
+    assert sorted(calls) == sorted([(m, "linear", 1) for m in ("center", "thick")] + [(m, s, 3) for m in ("center", "thick") for s in ("linear", "cosine")])
 
     df = pd.read_csv(grid_project / "results/grid.csv")
     decoded = df[df.method == "maskgit"]
@@ -74,9 +75,9 @@ def test_eval_grid_flow_tables_tracks_and_caches(prefect_server, grid_project, s
     # Masked-region PSNR can only be lower than whole-image PSNR: known pixels are copied back.
     assert (df.psnr_masked <= df.psnr + 1e-6).all()
     assert (df[["swd", "swd_masked", "lpips", "lpips_masked"]] > 0).all().all()
-    # The first step does not depend on the schedule: k = 1 cells agree across schedules.
-    first = decoded[decoded.sweet_spot == 1].groupby(["mask", "T"]).psnr_masked.nunique()
-    assert (first == 1).all()
+    # The first step depends on neither schedule nor T: the k = 1 cells of a mask kind are one decode.
+    first = decoded[decoded.sweet_spot == 1].groupby("mask")[["psnr_masked", "swd_masked"]].nunique()
+    assert (first == 1).all().all()
 
     summary = json.loads((grid_project / "metrics/eval.json").read_text())
     assert set(summary["masks"]) == {"center", "thick"} and summary["unavailable"] == {}

@@ -74,6 +74,16 @@ def test_one_trajectory_serves_every_sweet_spot():
         assert torch.equal(alone[k], all_spots[k])
 
 
+def test_the_first_step_is_one_decode_whatever_the_schedule_and_T():
+    # What lets the grid decode every k = 1 cell of a mask kind once (flows/eval_grid.py).
+    tokens, token_mask, _ = _inputs()
+    model = Probe()
+    first = sampling.decode(model, tokens, token_mask, "linear", 1, [1], generator=torch.Generator().manual_seed(3))[1]
+    for schedule, T in (("cosine", 8), ("square", 4), ("exp", 12)):
+        out = sampling.decode(model, tokens, token_mask, schedule, T, [1, T], generator=torch.Generator().manual_seed(3))
+        assert torch.equal(out[1], first)
+
+
 def test_decoding_stops_at_the_last_sweet_spot():
     tokens, token_mask, _ = _inputs()
     model = Probe()

@@ -44,6 +44,7 @@ def _inpaint(params: config.Params, args: argparse.Namespace) -> None:
     schedule = args.schedule or p.schedules[0]
     T = args.T or max(p.T)
     dev = runtime.setup(p.seed)
+    prec = runtime.precision(p.precision, dev)
     vqgan = VQGAN.load(params.paths.vqgan, dev)
     transformer = MaskedTokenTransformer.load(params.paths.transformer, dev)
     size = vqgan.config.resolution
@@ -55,7 +56,7 @@ def _inpaint(params: config.Params, args: argparse.Namespace) -> None:
     image = image.to(dev)  # (1, 3, H, W) in [-1, 1]
     pixel_mask = masks.make(args.mask, 1, size, p.seed).to(dev)
     token_mask = masks.to_token_mask(pixel_mask, vqgan.config.downsample)
-    with runtime.autocast(dev, True):
+    with prec.autocast():
         tokens = vqgan.encode(image).flatten(1)  # (1, h*w)
         ids = sampling.decode(transformer, tokens, token_mask, schedule, T, [T], p.temperature,
                               torch.Generator(dev).manual_seed(p.seed))[T]
@@ -64,7 +65,7 @@ def _inpaint(params: config.Params, args: argparse.Namespace) -> None:
     Image.fromarray(shards.as_uint8(completed)[0]).save(args.out)
     psnr = metrics.psnr(completed, image, pixel_mask).item()
     print(f"inpaint: {args.image} ({size}x{size}, {args.mask} mask, {schedule} T={T}) -> {args.out}; "
-          f"PSNR in the hole vs the input {psnr:.2f} dB")
+          f"PSNR in the hole vs the input {psnr:.2f} dB ({prec.describe()})")
 
 
 def main(argv: list[str] | None = None) -> None:

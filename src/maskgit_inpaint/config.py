@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # runtime.PRECISIONS; runtime.choose decides what auto means here
 
 
 class Section(BaseModel):
@@ -86,7 +87,7 @@ class VQGANParams(Section):
     eval_every: int = Field(..., ge=1)  # val recon metrics and an MLflow reconstruction strip
     eval_images: int = Field(..., ge=1)  # val images used for recon metrics
     checkpoint_every: int = Field(..., ge=1)
-    amp: bool  # bf16 autocast (CPU with AVX512-BF16/AMX, or CUDA)
+    precision: Precision  # auto: bf16 where the device has it natively, else fp32 (CPU) or fp16 (older GPUs); runtime.py
     num_workers: int = Field(..., ge=0)
     download_weights: bool  # may the LPIPS trunk (loss and metric) be fetched into the torch hub cache?
 
@@ -107,7 +108,7 @@ class VQGANParams(Section):
 
 class TokensParams(Section):
     batch_size: int = Field(..., ge=1)
-    amp: bool  # bf16 encoder; codes are still picked by fp32 distances
+    precision: Precision  # of the encoder; codes are still picked by fp32 distances
 
 
 class TransformerParams(Section):
@@ -131,7 +132,7 @@ class TransformerParams(Section):
     eval_every: int = Field(..., ge=1)
     eval_mask_ratios: tuple[float, ...] = Field(..., min_length=1)  # val accuracy/NLL at each; val_accuracy is their mean
     checkpoint_every: int = Field(..., ge=1)
-    amp: bool
+    precision: Precision
     compile: bool  # torch.compile the training step (CUDA; minutes of compile time on a CPU)
 
     @model_validator(mode="after")
@@ -160,6 +161,7 @@ class EvalParams(Section):
     sample_images: int = Field(..., ge=1)  # images in the sample strip
     download_weights: bool  # may LPIPS / FID fetch their pretrained backbones into the torch hub cache?
     fid: bool  # FID column (Inception at 299 px: ~0.5 s per image on a laptop CPU, so off in the embedded profile)
+    precision: Precision  # of decoding and pixel decodes (metrics are computed in fp32)
 
     @model_validator(mode="after")
     def _grid(self) -> "EvalParams":

@@ -2,7 +2,10 @@
 
 One trajectory per (mask, schedule, T) yields every sweet spot k <= T
 (sampling.decode). The val images are tokenized once (the extract_tokens stage);
-every cell of a mask kind sees the same holes and the same Gumbel noise stream.
+every cell of a mask kind sees the same holes and the same Gumbel noise stream,
+re-seeded per batch, so step 1 of every trajectory is the same decode: the k = 1
+cell of each (schedule, T) is decoded and scored once per mask kind (the T = 1
+trajectory) and shared (with_first_step).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ REALISM = ["swd", "swd_masked"]  # set-level: generated vs real patch distributi
 PERCEPTUAL = ["lpips", "lpips_masked", "fid"]  # need pretrained backbones: NaN where unavailable
 METRICS = QUALITY + REALISM + PERCEPTUAL + ["seconds_per_image"]
 # Sources whose change must invalidate cached grid cells.
-CODE = ("sampling.py", "evaluation.py", "metrics.py", "masks.py", "swd.py", "perceptual.py")
+CODE = ("sampling.py", "evaluation.py", "metrics.py", "masks.py", "swd.py", "perceptual.py", "runtime.py")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class GridSpec:
     sample_images: int
     download_weights: bool
     fid: bool
+    precision: str  # decided for this machine (runtime.choose), so a cached cell never crosses precisions
 
 
 def fingerprint(vqgan_dir: Path, transformer_dir: Path, tokens_dir: Path) -> str:
@@ -68,6 +72,7 @@ class EvalData:
     images: torch.Tensor  # (N, 3, H, W) in [-1, 1], val images in shard order
     tokens: torch.Tensor  # (N, h*w) their token ids
     device: torch.device
+    precision: runtime.Precision  # of decoding and pixel decodes
     lpips: perceptual.Backbone
     fid: perceptual.Backbone
     real_moments: tuple[np.ndarray, np.ndarray] | None  # FID statistics of `images`, when FID is available
@@ -106,7 +111,8 @@ def load_data(spec: GridSpec) -> EvalData:
                 cache_file = Path(spec.cache_dir) / f"fid_real_{Path(perceptual.INCEPTION_FILE).stem}_{key}.npz"
                 real = perceptual.real_moments(fid_net.network, batches, cache_file)
             _loaded.clear()  # one spec at a time: a new spec means new models
-            _loaded[spec] = EvalData(vqgan, transformer, images, tokens, dev, lpips_net, fid_net, real)
+            prec = runtime.precision(spec.precision, dev)
+            _loaded[spec] = EvalData(vqgan, transformer, images, tokens, dev, prec, lpips_net, fid_net, real)
         return _loaded[spec]
 
 
@@ -118,9 +124,11 @@ def composite(original: torch.Tensor, generated: torch.Tensor, pixel_mask: torch
 
 def _decode_pixels(data: EvalData, ids: torch.Tensor) -> torch.Tensor:
     """(B, h*w) token ids -> (B, 3, H, W) images."""
-    h = data.images.shape[-1] // data.vqgan.config.downsample
-    with runtime.autocast(data.device, True):
-        return data.vqgan.decode_indices(ids.view(len(ids), h, h)).float()
+    size = data.images.shape[-1]
+    h = size // data.vqgan.config.downsample
+    chunk = runtime.chunk_size(data.device, data.vqgan.config.decode_activation_bytes(size))
+    with data.precision.autocast():
+        return runtime.chunked(data.vqgan.decode_indices, ids.view(len(ids), h, h), chunk).float()
 
 
 class CellScores:
@@ -180,7 +188,7 @@ def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots
     """Decode all images once with (schedule, T) for holes of kind `mask`; score the result at every sweet spot."""
     data = load_data(spec)
     pixel_mask, token_mask = data.masks(mask, spec.seed)
-    generator = torch.Generator(data.device).manual_seed(spec.seed)
+    chunk = runtime.chunk_size(data.device, data.transformer.config.activation_bytes)
     ks = sorted(set(sweet_spots) | {T})
     scores = {k: CellScores(data, spec.seed) for k in ks}
     pixel_seconds = {k: 0.0 for k in ks}
@@ -191,9 +199,12 @@ def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots
         sl = slice(start, start + spec.batch_size)
         x, pm = data.images[sl].to(data.device), pixel_mask[sl].to(data.device)
         began = runtime.clock(data.device)
-        with runtime.autocast(data.device, True):
-            out = sampling.decode(data.transformer, data.tokens[sl].to(data.device), token_mask[sl].to(data.device),
-                                  schedule, T, ks, spec.temperature, generator)
+        # Seeded per batch: every trajectory's batch starts from the same noise, so step 1 is shared.
+        generator = torch.Generator(data.device).manual_seed(spec.seed * 1_000_003 + start)
+        with data.precision.autocast():
+            out = sampling.decode(lambda ids: runtime.chunked(data.transformer, ids, chunk), data.tokens[sl].to(data.device),
+                                  token_mask[sl].to(data.device), schedule, T, ks, spec.temperature, generator,
+                                  mask_id=data.transformer.config.mask_id)
         decode_seconds += runtime.clock(data.device) - began
         for k, ids in out.items():
             began = runtime.clock(data.device)
@@ -208,6 +219,16 @@ def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots
         for k in ks
     ]
     return Trajectory(rows, samples)
+
+
+def with_first_step(first: Trajectory, rest: Trajectory | None, schedule: str, T: int) -> Trajectory:
+    """The whole trajectory of (schedule, T): its k = 1 cell is the mask kind's shared first step, the rest decoded.
+
+    `first` is the T = 1 trajectory (any schedule: one step never reads it); `rest` holds
+    the sweet spots k > 1 (None for T = 1).
+    """
+    rows = [{**first.rows[0], "schedule": schedule, "T": T}] + (rest.rows if rest else [])
+    return Trajectory(rows, {**first.samples, **(rest.samples if rest else {})})
 
 
 def _baseline_row(spec: GridSpec, mask: str, method: str, fill) -> dict:
@@ -270,6 +291,7 @@ def spec_for(paths, p) -> GridSpec:
         fingerprint=fingerprint(paths.vqgan, paths.transformer, paths.tokens),
         num_images=p.num_images, batch_size=p.batch_size, seed=p.seed, temperature=p.temperature,
         feather=p.feather, sample_images=p.sample_images, download_weights=p.download_weights, fid=p.fid,
+        precision=runtime.choose(p.precision, runtime.detect(runtime.device().type)),
     )
 
 

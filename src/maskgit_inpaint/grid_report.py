@@ -55,6 +55,7 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
     """Write results/ and metrics/eval.json, log the parent run with one child per cell; returns the per-mask summary."""
     df = evaluation.table(baselines + [row for t in trajectories.values() for row in t.rows] + failed)
     unavailable = unavailable_metrics(spec)
+    prec = evaluation.load_data(spec).precision
     for column, reason in sorted(unavailable.items()):
         print(f"eval_grid: {column} unavailable: {reason}")
     records = df.astype(object).where(df.notna(), None)  # NA -> None: blank in markdown, null in json
@@ -67,7 +68,8 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
         df.to_csv(out / "grid.csv", index=False)
         df.to_parquet(out / "grid.parquet", index=False)
         (out / "grid.md").write_text(readable.to_markdown(index=False, floatfmt=".4g") + "\n")
-        with tracking.run("eval-grid", run_name=f"grid-{spec.fingerprint}", params=p.model_dump(mode="json"),
+        with tracking.run("eval-grid", run_name=f"grid-{spec.fingerprint}",
+                          params={**p.model_dump(mode="json"), **tracking.runtime_params(prec)},
                           tags={"fingerprint": spec.fingerprint, "vqgan": paths.vqgan.as_posix(), "transformer": paths.transformer.as_posix(),
                                 **{f"unavailable.{c}": r[:5000] for c, r in unavailable.items()}}) as parent:
             tracking.log_child_runs(parent, records.to_dict("records"), CELL_KEYS, evaluation.METRICS)
@@ -79,10 +81,12 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
             for mask, s in per_mask.items():
                 if s["best"] is not None:
                     mlflow.log_metrics({f"{mask}.best_{k}": s["best"][k] for k in evaluation.METRICS if s["best"][k] is not None})
-    write_json(paths.metrics / "eval.json", {"masks": per_mask, "cells": len(df), "failed_cells": len(failed), "unavailable": unavailable})
+    write_json(paths.metrics / "eval.json", {"masks": per_mask, "cells": len(df), "failed_cells": len(failed),
+                                             "runtime": prec.facts(), "unavailable": unavailable})
     for mask, s in per_mask.items():
         print(headline(mask, s))
-    print(f"eval_grid: {len(df)} cells ({len(failed)} failed) over {len(trajectories)} trajectories -> {paths.results}")
+    print(f"eval_grid: {len(df)} cells ({len(failed)} failed) over {len(trajectories)} trajectories, {prec.describe()} "
+          f"-> {paths.results}")
     return per_mask
 
 

@@ -10,7 +10,6 @@ import math
 from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn as nn
 
 Schedule = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -49,7 +48,7 @@ def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.
 
 @torch.no_grad()
 def decode(
-    transformer: nn.Module,
+    transformer: Callable[[torch.Tensor], torch.Tensor],
     tokens: torch.Tensor,
     token_mask: torch.Tensor,
     schedule: str,
@@ -61,6 +60,7 @@ def decode(
 ) -> dict[int, torch.Tensor]:
     """Fill the masked tokens in T parallel steps; return the ids observed at each sweet spot.
 
+    transformer: (B, N) ids -> (B, N, K) logits (the model, or a chunked call of it with `mask_id`).
     tokens: (B, N) code ids (values under the mask are ignored); token_mask: (B, N)
     bool, True = unknown. The result maps k (1 <= k <= T) to (B, N) ids: the state
     after step k with every still-masked position filled by that step's sample.

@@ -19,6 +19,8 @@ import mlflow  # noqa: E402  (telemetry must be off before import)
 from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from maskgit_inpaint import runtime  # noqa: E402
+
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter in stage output
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -76,6 +78,11 @@ def run(experiment: str, run_name: str, params: dict, tags: dict | None = None) 
         mlflow.set_tags({"git_commit": git_commit(), **(tags or {})})
         mlflow.log_params(_flat(params))
         yield active
+
+
+def runtime_params(prec: runtime.Precision) -> dict[str, str]:
+    """The precision and hardware a run's figures came from, as MLflow params (runtime.precision, runtime.device, ...)."""
+    return {f"runtime.{k}": str(v) for k, v in prec.facts().items()}
 
 
 def log_child_runs(parent: mlflow.ActiveRun, rows: list[dict], name_keys: list[str], metric_keys: list[str]) -> list[str]:

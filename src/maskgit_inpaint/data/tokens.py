@@ -16,12 +16,12 @@ META = "meta.json"
 
 
 @torch.no_grad()
-def encode_split(vqgan: VQGAN, urls: list[str], batch_size: int, amp: bool = True) -> tuple[np.ndarray, list[str]]:
+def encode_split(vqgan: VQGAN, urls: list[str], batch_size: int, prec: runtime.Precision) -> tuple[np.ndarray, list[str]]:
     """Every image of a split -> (N, h*w) uint16 token ids and the sample keys, in shard order."""
-    dev = next(vqgan.parameters()).device
+    dev = prec.device
     arrays, keys = [], []
     for images, batch_keys in tqdm(shards.iterate_split(urls, batch_size), desc="encode", unit="batch", leave=False):
-        with runtime.autocast(dev, amp):
+        with prec.autocast():
             ids = vqgan.encode(images.to(dev))  # (B, h, w)
         arrays.append(ids.flatten(1).to(torch.int32).cpu().numpy().astype(np.uint16))
         keys.extend(batch_keys)

@@ -35,6 +35,11 @@ class TransformerConfig:
     def mask_id(self) -> int:
         return self.codebook_size
 
+    @property
+    def activation_bytes(self) -> int:
+        """The largest fp32 activation of one sequence (the MLP's hidden layer): sizes CPU chunks (runtime.chunk_size)."""
+        return 4 * self.n_tokens * self.mlp_ratio * self.n_embd
+
 
 class LocalMixing(nn.Module):
     """Each token adds a learned per-channel mix of its 3x3 grid neighbours.

@@ -42,6 +42,10 @@ class VQGANConfig:
     def token_grid(self, image_size: int) -> int:
         return image_size // self.downsample
 
+    def decode_activation_bytes(self, image_size: int) -> int:
+        """The largest fp32 activation of decoding one image (its full-resolution level): sizes CPU chunks."""
+        return 4 * self.ch * self.ch_mult[0] * image_size * image_size
+
     @classmethod
     def from_dict(cls, d: dict) -> "VQGANConfig":
         d = dict(d)

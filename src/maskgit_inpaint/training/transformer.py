@@ -38,6 +38,7 @@ VAL_SEED = 12345  # val masks are the same at every evaluation and in every run
 @dataclass
 class TransformerResult:
     model: MaskedTokenTransformer
+    precision: runtime.Precision  # what the run trained in, on which hardware
     metrics: dict  # final val masked-token accuracy and NLL per mask ratio, the most-frequent-token baseline, best
     curve: list[dict] = field(default_factory=list)
 
@@ -78,7 +79,7 @@ def masked_loss(model: nn.Module, mask_id: int, x: torch.Tensor, mask: torch.Ten
 
 
 @torch.no_grad()
-def evaluate(model: MaskedTokenTransformer, val: torch.Tensor, ratios: tuple[float, ...], batch_size: int, amp: bool) -> dict:
+def evaluate(model: MaskedTokenTransformer, val: torch.Tensor, ratios: tuple[float, ...], batch_size: int, prec: runtime.Precision) -> dict:
     """Masked-token accuracy and NLL on val at fixed mask ratios, with fixed masks; val_accuracy/val_nll average them."""
     dev = next(model.parameters()).device
     model.eval()
@@ -92,7 +93,7 @@ def evaluate(model: MaskedTokenTransformer, val: torch.Tensor, ratios: tuple[flo
             counts = torch.full((len(x),), max(1, math.ceil(ratio * n_tokens)))
             mask = random_token_mask(counts, n_tokens, generator).to(dev)
             x = x.to(dev)
-            with runtime.autocast(dev, amp):
+            with prec.autocast():
                 loss, logits = masked_loss(model, model.config.mask_id, x, mask, smoothing=0.0)
             correct += (logits.argmax(-1) == x[mask]).sum().item()
             nll += loss.item() * mask.sum().item()
@@ -107,10 +108,12 @@ def evaluate(model: MaskedTokenTransformer, val: torch.Tensor, ratios: tuple[flo
 def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Processes, dev: torch.device) -> TransformerResult:
     if p.batch_size % procs.world:
         raise ValueError(f"transformer.batch_size ({p.batch_size}) must be divisible by the {procs.world} processes")
+    prec = runtime.precision(p.precision, dev)
     meta = token_store.load_meta(tokens_dir)
     train_tokens = token_store.load(tokens_dir, "train")
     val = torch.from_numpy(token_store.load(tokens_dir, "val").astype(np.int64))
-    resume = Resume(state_path, p.model_dump(mode="json"))
+    # The decided precision, not "auto": a run never resumes in another precision than it began in.
+    resume = Resume(state_path, {**p.model_dump(mode="json"), "precision": prec.name})
     state = resume.load()
     config = (
         TransformerConfig(**state["model_config"]) if state else
@@ -127,10 +130,12 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Proce
         [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=p.lr, betas=p.betas,
     )
+    scaler = prec.grad_scaler()  # fp16 only
     start, curve, best = 0, [], {"val_accuracy": 0.0, "step": 0}
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
         start, curve, best = state["step"], state["history"], state["best"]
     stepper = DistributedDataParallel(model) if procs.world > 1 else model  # gradients averaged across processes
     stepper = torch.compile(stepper) if p.compile else stepper
@@ -151,12 +156,14 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Proce
         x = torch.from_numpy(train_tokens[index].astype(np.int64))  # (B, N)
         mask = random_token_mask(mask_counts(len(x), x.shape[1], p, generator), x.shape[1], generator)
         x, mask = x[procs.rank::procs.world], mask[procs.rank::procs.world]  # (B / world, N)
-        with runtime.autocast(dev, p.amp):
+        with prec.autocast():
             loss, _ = masked_loss(stepper, config.mask_id, x.to(dev), mask.to(dev), p.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         done = step + 1
         if procs.main and (done % LOG_EVERY == 0 or done == p.steps):
             seconds = (runtime.clock(dev) - window_began) / (done - window_start)  # per step
@@ -164,7 +171,7 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Proce
             if peak:
                 row["mfu"] = flops_per_step / seconds / (peak * procs.world)
             if done % p.eval_every == 0 or done == p.steps:
-                row.update(evaluate(model, val, p.eval_mask_ratios, p.batch_size * 4, p.amp))
+                row.update(evaluate(model, val, p.eval_mask_ratios, p.batch_size * 4, prec))
                 if row["val_accuracy"] > best["val_accuracy"]:
                     best = {"val_accuracy": row["val_accuracy"], "step": done}
             curve.append(row)
@@ -174,11 +181,11 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Proce
                              **({"val_acc": f"{row['val_accuracy']:.3f}"} if "val_accuracy" in row else {})})
             window_began, window_start = runtime.clock(dev), done
         if procs.main and done % p.checkpoint_every == 0 and done < p.steps:
-            resume.save(model, optimizer, done, best, curve)
+            resume.save(model, optimizer, done, best, curve, {"scaler": scaler.state_dict()})
     if not procs.main:
-        return TransformerResult(model.eval(), {}, curve)
+        return TransformerResult(model.eval(), prec, {}, curve)
     final = {k: v for k, v in curve[-1].items() if k.startswith("val_")}
     result = {**final, "baseline_accuracy": baseline, "best_val_accuracy": best["val_accuracy"], "best_step": best["step"],
               "eval_mask_ratios": list(p.eval_mask_ratios), "steps": p.steps, "processes": procs.world,
               "tokens_per_s": curve[-1]["tokens_per_s"], **({"mfu": curve[-1]["mfu"]} if peak else {})}
-    return TransformerResult(model.eval(), result, curve)
+    return TransformerResult(model.eval(), prec, result, curve)

@@ -36,6 +36,7 @@ CURVE_COLUMNS = ["step", "loss", "l1", "perceptual", "vq", "g_loss", "d_weight",
 class VQGANResult:
     model: VQGAN
     metrics: dict  # val recon quality and codebook health at the end and at initialisation (init_*)
+    precision: runtime.Precision  # what the run trained in, on which hardware
     unavailable: dict = field(default_factory=dict)  # metric or loss term -> why it is missing
     curve: list[dict] = field(default_factory=list)  # one row per LOG_EVERY steps (CURVE_COLUMNS)
 
@@ -83,7 +84,7 @@ def codebook_stats(counts: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: VQGAN, images: torch.Tensor, batch_size: int, amp: bool, lpips_net: nn.Module | None) -> tuple[dict, torch.Tensor]:
+def evaluate(model: VQGAN, images: torch.Tensor, batch_size: int, prec: runtime.Precision, lpips_net: nn.Module | None) -> tuple[dict, torch.Tensor]:
     """Recon PSNR/SSIM (LPIPS when a network is given) and codebook health on `images` (N, 3, H, W).
 
     Returns the metrics and the reconstructions of the first STRIP_IMAGES images.
@@ -94,7 +95,7 @@ def evaluate(model: VQGAN, images: torch.Tensor, batch_size: int, amp: bool, lpi
     psnr, ssim, lp, counts, strip = [], [], [], torch.zeros(model.config.n_embed, dtype=torch.long), None
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].to(dev)
-        with runtime.autocast(dev, amp):
+        with prec.autocast():
             ids = model.encode(x)
             rec = model.decode_indices(ids)
         psnr.append(metrics.psnr(rec, x).cpu())
@@ -135,7 +136,9 @@ def lpips_networks(p: VQGANParams, dev: torch.device) -> tuple[nn.Module | None,
 def train(p: VQGANParams, image_size: int, shards_dir: Path, state_path: Path, init_path: Path | None = None) -> VQGANResult:
     """Train from the params' initialisation (or resume a killed run) and evaluate on val."""
     dev = runtime.setup(p.seed)
-    resume = Resume(state_path, p.model_dump(mode="json"))
+    prec = runtime.precision(p.precision, dev)
+    # The decided precision, not "auto": a run never resumes in another precision than it began in.
+    resume = Resume(state_path, {**p.model_dump(mode="json"), "precision": prec.name})
     state = resume.load()
     # A resumed run takes its architecture from the saved state, not from the params or the init file.
     model = VQGAN(VQGANConfig.from_dict(state["model_config"])) if state else initial_model(p, image_size, init_path)
@@ -144,6 +147,7 @@ def train(p: VQGANParams, image_size: int, shards_dir: Path, state_path: Path, i
     optimizer = torch.optim.Adam(trainable_parameters(model, p.train_parts), lr=p.lr, betas=(0.5, 0.9))
     discriminator = PatchDiscriminator(3, p.disc_ch, p.disc_layers).to(dev) if p.disc_weight > 0 else None
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=p.lr, betas=(0.5, 0.9)) if discriminator else None
+    scaler = prec.grad_scaler()  # fp16 only: one scale for both losses, stepped per optimizer
     loss_net, lpips_net, unavailable = lpips_networks(p, dev)
     loss_fn = TokenizerLoss(LossConfig(p.perceptual_weight, p.disc_weight, p.disc_start), loss_net, discriminator)
     val_images, _ = shards.load_split(shards.shard_urls(shards_dir, "val"), limit=p.eval_images)
@@ -156,11 +160,12 @@ def train(p: VQGANParams, image_size: int, shards_dir: Path, state_path: Path, i
             discriminator.load_state_dict(state["discriminator"])
             d_optimizer.load_state_dict(state["d_optimizer"])
         usage = state["usage"].to(dev)
+        scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         init_metrics = state["init_metrics"]
         start, curve, best = state["step"], state["history"], state["best"]
     else:
-        init_metrics, init_strip = evaluate(model, val_images, p.batch_size * 2, p.amp, lpips_net)
+        init_metrics, init_strip = evaluate(model, val_images, p.batch_size * 2, prec, lpips_net)
         mlflow.log_metrics({f"val_{k}": v for k, v in init_metrics.items()}, step=0)
         mlflow.log_image(recon_strip(val_images[:STRIP_IMAGES], init_strip), key="reconstructions", step=0)
     batches = shards.MeteredBatches(shards.train_batches(shards.shard_urls(shards_dir, "train"), p.batch_size, p.seed,
@@ -176,20 +181,21 @@ def train(p: VQGANParams, image_size: int, shards_dir: Path, state_path: Path, i
         parts: list[dict] = []
         for _ in range(p.grad_accum_steps):
             x = shards.to_model_range(next(batches).to(dev))  # (B, 3, H, W)
-            with runtime.autocast(dev, p.amp):
+            with prec.autocast():
                 rec, vq_loss, ids, z = model(x)
                 loss, log = loss_fn.generator(x, rec, vq_loss, step, model.decoder.conv_out.weight)
-            (loss / p.grad_accum_steps).backward()
+            scaler.scale(loss / p.grad_accum_steps).backward()
             if loss_fn.adversarial(step):
-                with runtime.autocast(dev, p.amp):
+                with prec.autocast():
                     d_loss, d_log = loss_fn.discriminator_loss(x, rec)
-                (d_loss / p.grad_accum_steps).backward()
+                scaler.scale(d_loss / p.grad_accum_steps).backward()
                 log.update(d_log)
             usage += torch.bincount(ids.flatten(), minlength=model.config.n_embed)
             parts.append(log)
-        optimizer.step()
+        scaler.step(optimizer)
         if loss_fn.adversarial(step):
-            d_optimizer.step()
+            scaler.step(d_optimizer)
+        scaler.update()
         done = step + 1
         if done % LOG_EVERY == 0 or done == p.steps:
             health = codebook_stats(usage.cpu())  # codes hit since the last restart
@@ -203,21 +209,21 @@ def train(p: VQGANParams, image_size: int, shards_dir: Path, state_path: Path, i
             restart_dead_codes(model, usage, z, torch.Generator().manual_seed(p.seed * 1_000_003 + done))
             usage.zero_()
         if done % p.eval_every == 0 and done < p.steps:
-            val, strip = evaluate(model, val_images, p.batch_size * 2, p.amp, lpips_net)
+            val, strip = evaluate(model, val_images, p.batch_size * 2, prec, lpips_net)
             mlflow.log_metrics({f"val_{k}": v for k, v in val.items()}, step=done)
             mlflow.log_image(recon_strip(val_images[:STRIP_IMAGES], strip), key="reconstructions", step=done)
             if val["recon_psnr"] > best["recon_psnr"]:
                 best = {"recon_psnr": val["recon_psnr"], "step": done}
         if done % p.checkpoint_every == 0 and done < p.steps:
-            extra = {"usage": usage, "init_metrics": init_metrics}
+            extra = {"usage": usage, "init_metrics": init_metrics, "scaler": scaler.state_dict()}
             if discriminator:
                 extra.update(discriminator=discriminator.state_dict(), d_optimizer=d_optimizer.state_dict())
             resume.save(model, optimizer, done, best, curve, extra)
     throughput = batches.throughput()  # this run's steps (a resumed run: since the restart), evaluations included
     mlflow.log_metrics(throughput, step=p.steps)
     batches.close()  # stops the loader's workers now rather than at garbage collection
-    final, strip = evaluate(model, val_images, p.batch_size * 2, p.amp, lpips_net)
+    final, strip = evaluate(model, val_images, p.batch_size * 2, prec, lpips_net)
     mlflow.log_metrics({f"val_{k}": v for k, v in final.items()}, step=p.steps)
     mlflow.log_image(recon_strip(val_images[:STRIP_IMAGES], strip), key="reconstructions", step=p.steps)
     result = {**final, **{f"init_{k}": v for k, v in init_metrics.items()}, **throughput}
-    return VQGANResult(model.eval(), result, unavailable, curve)
+    return VQGANResult(model.eval(), result, prec, unavailable, curve)
