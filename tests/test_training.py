@@ -3,13 +3,18 @@ import shutil
 import subprocess
 import sys
 
+import mlflow
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from maskgit_inpaint import config, runtime
 from maskgit_inpaint.io import sha256_file
+from maskgit_inpaint.models.checkpoint import load_training_state
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer, TransformerConfig
+from maskgit_inpaint.training import transformer
+from maskgit_inpaint.training.distributed import Processes
 from maskgit_inpaint.training.resume import Resume, ResumeMismatch
 from maskgit_inpaint.training.transformer import training_flops_per_token
 
@@ -93,3 +98,19 @@ def test_training_flops_count_every_matmul_weight():
     matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     assert training_flops_per_token(config) == 6 * matmul + 12 * 24 * 768 * 256
     assert 1.0e9 < training_flops_per_token(config) < 1.1e9  # ~270 GFLOP per 256-token image, as the issue estimates
+
+
+def test_forced_fp16_trains_with_loss_scaling(tiny_chain, tmp_path, monkeypatch):
+    # fp16 is what auto picks on GPUs without bf16; on this CPU it is emulated (and says so), which is enough to
+    # run the loss-scaling path: scaled backward, unscaled clipping, skipped steps on overflow, scaler state saved.
+    p = config.load(write_tiny_params(tmp_path / "params.yaml", transformer={"steps": 6, "checkpoint_every": 3,
+                                                                           "precision": "fp16"})).transformer
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    state = tmp_path / "state.pt"
+    monkeypatch.setattr(runtime, "_warned", set())  # the once-per-process warning, fresh for this test
+    with pytest.warns(runtime.SlowPrecisionWarning), mlflow.start_run():
+        result = transformer.train(p, tiny_chain / "data/tokens", state, Processes(0, 1, 0), torch.device("cpu"))
+    assert result.precision.name == "fp16" and result.precision.grad_scaler().is_enabled()
+    assert all(torch.isfinite(q).all() for q in result.model.parameters())
+    assert np.isfinite(result.metrics["val_nll"])
+    assert load_training_state(state)["scaler"]["scale"] > 0  # a resume continues with the same loss scale

@@ -4,11 +4,13 @@ import math
 import shutil
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from maskgit_inpaint import config, perceptual
+from maskgit_inpaint import config, perceptual, runtime
+from maskgit_inpaint.models.checkpoint import load_training_state
 from maskgit_inpaint.models.losses import LossConfig, PatchDiscriminator, TokenizerLoss, adaptive_weight, hinge_d_loss
 from maskgit_inpaint.training import vqgan
 
@@ -143,3 +145,18 @@ def test_killed_vqgan_training_resumes_to_the_same_weights(tiny_chain, tmp_path)
     b = load_file(killed / "models/vqgan/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (straight / "metrics/vqgan_curve.csv").read_text() == (killed / "metrics/vqgan_curve.csv").read_text()
+
+
+def test_forced_fp16_trains_the_tokenizer_with_loss_scaling(tiny_chain, tmp_path, monkeypatch):
+    # One scaler for both losses, stepped per optimizer; on this CPU fp16 is emulated, and says so.
+    p = config.load(write_tiny_params(tmp_path / "params.yaml", vqgan={"steps": 4, "disc_start": 1, "checkpoint_every": 2,
+                                                                     "eval_every": 2, "num_workers": 0,
+                                                                     "precision": "fp16"})).vqgan
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    state = tmp_path / "state.pt"
+    monkeypatch.setattr(runtime, "_warned", set())  # the once-per-process warning, fresh for this test
+    with pytest.warns(runtime.SlowPrecisionWarning):
+        result = vqgan.train(p, 32, tiny_chain / "data/shards", state)
+    assert result.precision.name == "fp16"
+    assert all(torch.isfinite(q).all() for q in result.model.parameters())
+    assert np.isfinite(result.metrics["recon_psnr"]) and load_training_state(state)["scaler"]["scale"] > 0
