@@ -99,7 +99,8 @@ def test_perceptual_term_and_lpips_metric_with_an_injected_network(tiny_chain, t
 def test_without_lpips_weights_training_says_so_and_uses_l1(tiny_chain, tmp_path, capsys):
     p = config.load(write_tiny_params(tmp_path / "params.yaml", vqgan={"steps": 2, "num_workers": 0})).vqgan
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    result = vqgan.train(p, 32, tiny_chain / "data/shards", tmp_path / "state.pt")
+    with mlflow.start_run():  # its own run: one left active would follow later tests into their stores
+        result = vqgan.train(p, 32, tiny_chain / "data/shards", tmp_path / "state.pt")
     assert "training without the perceptual term" in capsys.readouterr().out
     assert set(result.unavailable) == {"perceptual_loss", "recon_lpips"} and "recon_lpips" not in result.metrics
     assert math.isnan(result.curve[-1]["perceptual"])
@@ -155,7 +156,7 @@ def test_forced_fp16_trains_the_tokenizer_with_loss_scaling(tiny_chain, tmp_path
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     state = tmp_path / "state.pt"
     monkeypatch.setattr(runtime, "_warned", set())  # the once-per-process warning, fresh for this test
-    with pytest.warns(runtime.SlowPrecisionWarning):
+    with pytest.warns(runtime.SlowPrecisionWarning), mlflow.start_run():
         result = vqgan.train(p, 32, tiny_chain / "data/shards", state)
     assert result.precision.name == "fp16"
     assert all(torch.isfinite(q).all() for q in result.model.parameters())
