@@ -11,7 +11,7 @@ in every round, so load from other processes falls on all of them alike.
   timed); all images in one batch decode ONE T-step trajectory that yields every
   sweet spot, and the VQGAN decodes pixels only at the sweet spots (batched). As
   in evaluation.py, on a CPU both models run the batch in cache-sized chunks
-  (runtime.chunked).
+  (runtime.in_cache_chunks).
 - lab: the lab's way, one image at a time: VQGAN-encode the image, then for every
   sweet spot k a fresh run of the T-step schedule stopped at step k, decoding
   pixels after every step (the lab looked at each one).
@@ -29,8 +29,9 @@ import json
 import torch
 
 from maskgit_inpaint import config, masks, runtime, sampling
-from maskgit_inpaint.models.transformer import MaskedTokenTransformer, TransformerConfig
+from maskgit_inpaint.models.transformer import MaskedTokenTransformer
 from maskgit_inpaint.models.vqgan import VQGAN
+from maskgit_inpaint.training.transformer import model_config as transformer_config
 from maskgit_inpaint.training.vqgan import model_config
 
 IMAGES = 32
@@ -48,24 +49,21 @@ def main() -> None:
     vqgan = VQGAN(model_config(params.vqgan, size)).to(dev).eval()
     grid = vqgan.config.token_grid(size)
     p = params.transformer
-    transformer = MaskedTokenTransformer(TransformerConfig(
-        codebook_size=params.vqgan.n_embed, n_tokens=grid * grid, n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd,
-        local_mixing=p.local_mixing,
-    )).to(dev).eval()
+    transformer = MaskedTokenTransformer(transformer_config(p, params.vqgan.n_embed, grid * grid)).to(dev).eval()
     images = torch.rand(IMAGES, 3, size, size, generator=torch.Generator().manual_seed(0)).to(dev) * 2 - 1
     token_mask = masks.to_token_mask(masks.make("center", IMAGES, size, 0), vqgan.config.downsample).to(dev)
     with torch.no_grad(), prec.autocast():
         tokens = vqgan.encode(images).flatten(1)  # (B, h*w): what extract_tokens stores; not timed
 
-    t_chunk = runtime.chunk_size(dev, transformer.config.activation_bytes)
-    v_chunk = runtime.chunk_size(dev, vqgan.config.decode_activation_bytes(size))
+    logits = runtime.in_cache_chunks(transformer, dev, transformer.config.activation_bytes)
+    decode_pixels = runtime.in_cache_chunks(vqgan.decode_indices, dev, vqgan.config.decode_activation_bytes(size))
 
     def run(tok: torch.Tensor, mask: torch.Tensor, steps: int, spots: tuple[int, ...] | range) -> dict[int, torch.Tensor]:
-        return sampling.decode(lambda ids: runtime.chunked(transformer, ids, t_chunk), tok, mask, SCHEDULE, steps, spots,
+        return sampling.decode(logits, tok, mask, SCHEDULE, steps, spots,
                                generator=torch.Generator(dev).manual_seed(0), mask_id=transformer.config.mask_id)
 
     def pixels(ids: torch.Tensor) -> None:
-        runtime.chunked(vqgan.decode_indices, ids.view(len(ids), grid, grid), v_chunk)
+        decode_pixels(ids.view(len(ids), grid, grid))
 
     def ours() -> None:
         for ids in run(tokens, token_mask, T, SWEET_SPOTS).values():

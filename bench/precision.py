@@ -30,6 +30,7 @@ from maskgit_inpaint.models.transformer import MaskedTokenTransformer, Transform
 from maskgit_inpaint.models.vqgan import VQGAN
 from maskgit_inpaint.masks import random_token_mask
 from maskgit_inpaint.training.transformer import mask_counts, masked_loss
+from maskgit_inpaint.training.transformer import model_config as transformer_model_config
 from maskgit_inpaint.training.vqgan import model_config
 
 ROUNDS = 3
@@ -64,10 +65,8 @@ def tokenizer_step(params: config.Params, dev: torch.device):
 
 
 def transformer_config(params: config.Params) -> TransformerConfig:
-    p = params.transformer
-    grid = params.data.image_size // 2 ** (len(params.vqgan.ch_mult) - 1)
-    return TransformerConfig(codebook_size=params.vqgan.n_embed, n_tokens=grid * grid, n_layer=p.n_layer, n_head=p.n_head,
-                             n_embd=p.n_embd, mlp_ratio=p.mlp_ratio, local_mixing=p.local_mixing)
+    grid = model_config(params.vqgan, params.data.image_size).token_grid(params.data.image_size)
+    return transformer_model_config(params.transformer, params.vqgan.n_embed, grid * grid)
 
 
 def transformer_step(params: config.Params, dev: torch.device):
@@ -97,16 +96,16 @@ def grid_decode(params: config.Params, dev: torch.device):
     grid = vqgan.config.token_grid(size)
     tokens = torch.randint(c.codebook_size, (DECODE_IMAGES, c.n_tokens), generator=torch.Generator().manual_seed(0)).to(dev)
     token_mask = masks.to_token_mask(masks.make("center", DECODE_IMAGES, size, 0), vqgan.config.downsample).to(dev)
-    t_chunk = runtime.chunk_size(dev, c.activation_bytes)
-    v_chunk = runtime.chunk_size(dev, vqgan.config.decode_activation_bytes(size))
+    logits = runtime.in_cache_chunks(transformer, dev, c.activation_bytes)
+    decode_pixels = runtime.in_cache_chunks(vqgan.decode_indices, dev, vqgan.config.decode_activation_bytes(size))
 
     @torch.no_grad()
     def step(prec: runtime.Precision) -> None:
         with prec.autocast():
-            out = sampling.decode(lambda ids: runtime.chunked(transformer, ids, t_chunk), tokens, token_mask, "cosine", T,
-                                  SWEET_SPOTS, generator=torch.Generator(dev).manual_seed(0), mask_id=c.mask_id)
+            out = sampling.decode(logits, tokens, token_mask, "cosine", T, SWEET_SPOTS,
+                                  generator=torch.Generator(dev).manual_seed(0), mask_id=c.mask_id)
             for ids in out.values():
-                runtime.chunked(vqgan.decode_indices, ids.view(len(ids), grid, grid), v_chunk)
+                decode_pixels(ids.view(len(ids), grid, grid))
     return step
 
 

@@ -28,6 +28,7 @@ from maskgit_inpaint.masks import random_token_mask
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer, TransformerConfig
 from maskgit_inpaint.models.vqgan import VQGAN, VQGANConfig
 from maskgit_inpaint.training.transformer import mask_counts, masked_loss
+from maskgit_inpaint.training.transformer import model_config as transformer_config
 from maskgit_inpaint.training.vqgan import model_config
 
 REPEATS = 3
@@ -87,9 +88,7 @@ def main() -> None:
     size = params.data.image_size
     vqgan = VQGAN(model_config(params.vqgan, size)).to(dev).eval()
     grid = vqgan.config.token_grid(size)
-    small = MaskedTokenTransformer(TransformerConfig(
-        codebook_size=params.vqgan.n_embed, n_tokens=grid * grid, n_layer=p.n_layer, n_head=p.n_head,
-        n_embd=p.n_embd, mlp_ratio=p.mlp_ratio, local_mixing=p.local_mixing)).to(dev).train()
+    small = MaskedTokenTransformer(transformer_config(p, params.vqgan.n_embed, grid * grid)).to(dev).train()
     embedded = measure("embedded", vqgan, small, size, p.batch_size, p, dev)
     big_batch = 2 if dev.type == "cpu" else 32
     f16 = VQGAN(F16_1024).to(dev).eval()

@@ -13,6 +13,7 @@ as deployment `eval-grid/default`.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -61,18 +62,16 @@ def eval_grid(
     p = config.EvalParams.model_validate({**params.eval.model_dump(), **overrides})
     spec = evaluation.spec_for(params.paths, p)
     # Step 1 is the same decode in every trajectory of a mask kind: one T = 1 trajectory each serves every k = 1 cell.
-    firsts = trajectory.map(unmapped(spec), list(p.masks), unmapped(p.schedules[0]), unmapped(1), unmapped((1,)))
+    firsts = dict(zip(p.masks, trajectory.map(unmapped(spec), list(p.masks), unmapped(p.schedules[0]), unmapped(1), unmapped((1,)))))
     plan = [(m, s, t, tuple(k for k in p.sweet_spots if 1 < k <= t)) for m in p.masks for s in p.schedules for t in p.T if t > 1]
     rests = dict(zip(((m, s, t) for m, s, t, _ in plan), trajectory.map(unmapped(spec), *(list(axis) for axis in zip(*plan)))))
     baselines = [task_.submit(spec, m) for m in p.masks for task_ in (vq_ceiling, telea)]
     trajectories, failed = {}, []
-    for m, first in zip(p.masks, firsts):
-        for s in p.schedules:
-            for t in p.T:
-                try:
-                    rest = rests[(m, s, t)].result() if t > 1 else None
-                    trajectories[(m, s, t)] = evaluation.with_first_step(first.result(), rest, s, t)
-                except Exception as error:  # noqa: BLE001 - any failure of one cell is recorded, the grid goes on
-                    print(f"eval-grid: trajectory mask={m} schedule={s} T={t} failed after retries: {error!r}")
-                    failed += evaluation.failed_rows(m, s, t, tuple(k for k in p.sweet_spots if k <= t), error)
+    for m, s, t in itertools.product(p.masks, p.schedules, p.T):
+        try:
+            rest = rests[(m, s, t)].result() if t > 1 else None
+            trajectories[(m, s, t)] = evaluation.with_first_step(firsts[m].result(), rest, s, t)
+        except Exception as error:  # noqa: BLE001 - any failure of one cell is recorded, the grid goes on
+            print(f"eval-grid: trajectory mask={m} schedule={s} T={t} failed after retries: {error!r}")
+            failed += evaluation.failed_rows(m, s, t, tuple(k for k in p.sweet_spots if k <= t), error)
     return grid_report.publish(params.paths, p, spec, trajectories, [b.result() for b in baselines], failed)

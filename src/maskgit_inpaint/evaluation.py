@@ -126,9 +126,9 @@ def _decode_pixels(data: EvalData, ids: torch.Tensor) -> torch.Tensor:
     """(B, h*w) token ids -> (B, 3, H, W) images."""
     size = data.images.shape[-1]
     h = size // data.vqgan.config.downsample
-    chunk = runtime.chunk_size(data.device, data.vqgan.config.decode_activation_bytes(size))
+    decode = runtime.in_cache_chunks(data.vqgan.decode_indices, data.device, data.vqgan.config.decode_activation_bytes(size))
     with data.precision.autocast():
-        return runtime.chunked(data.vqgan.decode_indices, ids.view(len(ids), h, h), chunk).float()
+        return decode(ids.view(len(ids), h, h)).float()
 
 
 class CellScores:
@@ -188,7 +188,7 @@ def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots
     """Decode all images once with (schedule, T) for holes of kind `mask`; score the result at every sweet spot."""
     data = load_data(spec)
     pixel_mask, token_mask = data.masks(mask, spec.seed)
-    chunk = runtime.chunk_size(data.device, data.transformer.config.activation_bytes)
+    logits = runtime.in_cache_chunks(data.transformer, data.device, data.transformer.config.activation_bytes)
     ks = sorted(set(sweet_spots) | {T})
     scores = {k: CellScores(data, spec.seed) for k in ks}
     pixel_seconds = {k: 0.0 for k in ks}
@@ -202,7 +202,7 @@ def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots
         # Seeded per batch: every trajectory's batch starts from the same noise, so step 1 is shared.
         generator = torch.Generator(data.device).manual_seed(spec.seed * 1_000_003 + start)
         with data.precision.autocast():
-            out = sampling.decode(lambda ids: runtime.chunked(data.transformer, ids, chunk), data.tokens[sl].to(data.device),
+            out = sampling.decode(logits, data.tokens[sl].to(data.device),
                                   token_mask[sl].to(data.device), schedule, T, ks, spec.temperature, generator,
                                   mask_id=data.transformer.config.mask_id)
         decode_seconds += runtime.clock(data.device) - began
@@ -291,7 +291,7 @@ def spec_for(paths, p) -> GridSpec:
         fingerprint=fingerprint(paths.vqgan, paths.transformer, paths.tokens),
         num_images=p.num_images, batch_size=p.batch_size, seed=p.seed, temperature=p.temperature,
         feather=p.feather, sample_images=p.sample_images, download_weights=p.download_weights, fid=p.fid,
-        precision=runtime.choose(p.precision, runtime.detect(runtime.device().type)),
+        precision=runtime.precision(p.precision, runtime.device()).name,
     )
 
 

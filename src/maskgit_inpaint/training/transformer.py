@@ -51,6 +51,13 @@ def training_flops_per_token(config: TransformerConfig) -> float:
     return 6 * matmul_weights + 12 * c.n_layer * c.n_embd * c.n_tokens
 
 
+def model_config(p: TransformerParams, codebook_size: int, n_tokens: int) -> TransformerConfig:
+    return TransformerConfig(
+        codebook_size=codebook_size, n_tokens=n_tokens, n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd,
+        mlp_ratio=p.mlp_ratio, dropout=p.dropout, local_mixing=p.local_mixing,
+    )
+
+
 def most_frequent_token_accuracy(train_tokens: np.ndarray, val: torch.Tensor) -> float:
     """Accuracy of always answering the train set's most frequent code (uniform masks hit every position alike)."""
     counts = np.zeros(int(max(train_tokens.max(), val.max())) + 1, dtype=np.int64)
@@ -115,14 +122,8 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Proce
     # The decided precision, not "auto": a run never resumes in another precision than it began in.
     resume = Resume(state_path, {**p.model_dump(mode="json"), "precision": prec.name})
     state = resume.load()
-    config = (
-        TransformerConfig(**state["model_config"]) if state else
-        TransformerConfig(
-            codebook_size=meta["codebook_size"], n_tokens=train_tokens.shape[1],
-            n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd, mlp_ratio=p.mlp_ratio, dropout=p.dropout,
-            local_mixing=p.local_mixing,
-        )
-    )
+    config = (TransformerConfig(**state["model_config"]) if state
+              else model_config(p, meta["codebook_size"], train_tokens.shape[1]))
     model = MaskedTokenTransformer(config).to(dev)
     decay = [q for n, q in model.named_parameters() if q.dim() >= 2 and "emb" not in n]
     no_decay = [q for n, q in model.named_parameters() if q.dim() < 2 or "emb" in n]
