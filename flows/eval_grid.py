@@ -6,8 +6,9 @@ other trajectories decode their sweet spots k > 1.
 
 Cells are cached by their inputs (the GridSpec carries the model/token/code
 fingerprint and the mask seed), so a re-run with more T values decodes only the
-new trajectories. A trajectory that still fails after its retries is marked in
-the table while the others finish.
+new trajectories. A trajectory or baseline that still fails after its retries is
+marked in the table while the others finish. Results are persisted as each task
+ends, so a grid killed mid-run resumes from the cells it finished.
 The DVC stage `eval_grid` calls this flow in-process; `flows/serve.py` serves it
 as deployment `eval-grid/default`.
 """
@@ -37,13 +38,13 @@ def trajectory(spec: evaluation.GridSpec, mask: str, schedule: str, T: int, swee
 
 
 @task(name="vq-ceiling", retries=2, retry_delay_seconds=5, cache_policy=CELL_CACHE, persist_result=True)
-def vq_ceiling(spec: evaluation.GridSpec, mask: str) -> dict:
-    return evaluation.vq_ceiling_row(spec, mask)
+def vq_ceiling(spec: evaluation.GridSpec, mask: str) -> evaluation.Cell:
+    return evaluation.vq_ceiling(spec, mask)
 
 
 @task(name="telea", retries=2, retry_delay_seconds=5, cache_policy=CELL_CACHE, persist_result=True)
-def telea(spec: evaluation.GridSpec, mask: str) -> dict:
-    return evaluation.telea_row(spec, mask)
+def telea(spec: evaluation.GridSpec, mask: str) -> evaluation.Cell:
+    return evaluation.telea(spec, mask)
 
 
 # One trajectory at a time: each already uses every core (or the GPU), and timings
@@ -64,8 +65,8 @@ def eval_grid(
     # Step 1 is the same decode in every trajectory of a mask kind: one T = 1 trajectory each serves every k = 1 cell.
     firsts = dict(zip(p.masks, trajectory.map(unmapped(spec), list(p.masks), unmapped(p.schedules[0]), unmapped(1), unmapped((1,)))))
     plan = [(m, s, t, tuple(k for k in p.sweet_spots if 1 < k <= t)) for m in p.masks for s in p.schedules for t in p.T if t > 1]
-    rests = dict(zip(((m, s, t) for m, s, t, _ in plan), trajectory.map(unmapped(spec), *(list(axis) for axis in zip(*plan)))))
-    baselines = [task_.submit(spec, m) for m in p.masks for task_ in (vq_ceiling, telea)]
+    rests = dict(zip(((m, s, t) for m, s, t, _ in plan), trajectory.map(unmapped(spec), *(list(axis) for axis in zip(*plan))))) if plan else {}
+    baselines = {(task_.name, m): task_.submit(spec, m) for m in p.masks for task_ in (vq_ceiling, telea)}
     trajectories, failed = {}, []
     for m, s, t in itertools.product(p.masks, p.schedules, p.T):
         try:
@@ -73,5 +74,12 @@ def eval_grid(
             trajectories[(m, s, t)] = evaluation.with_first_step(firsts[m].result(), rest, s, t)
         except Exception as error:  # noqa: BLE001 - any failure of one cell is recorded, the grid goes on
             print(f"eval-grid: trajectory mask={m} schedule={s} T={t} failed after retries: {error!r}")
-            failed += evaluation.failed_rows(m, s, t, tuple(k for k in p.sweet_spots if k <= t), error)
-    return grid_report.publish(params.paths, p, spec, trajectories, [b.result() for b in baselines], failed)
+            failed += evaluation.failed_cells(m, s, t, tuple(k for k in p.sweet_spots if k <= t), error)
+    done = []
+    for (name, m), future in baselines.items():
+        try:
+            done.append(future.result())
+        except Exception as error:  # noqa: BLE001 - a failed baseline is a row that says so
+            print(f"eval-grid: baseline {name} mask={m} failed after retries: {error!r}")
+            done.append(evaluation.failed_baseline(name.replace("-", "_"), m, error))
+    return grid_report.publish(params.paths, p, spec, trajectories, done, failed)

@@ -1,15 +1,21 @@
 import json
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import lpips
 import mlflow
 import pandas as pd
 import pytest
 import torch
+from prefect.settings import PREFECT_API_URL, PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
-from maskgit_inpaint import evaluation, perceptual, tracking
-from conftest import write_tiny_params
+from maskgit_inpaint import evaluation, grid_report, perceptual, tracking
+from conftest import stage_env, write_tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +85,40 @@ def test_eval_grid_flow_tables_tracks_and_caches(prefect_server, grid_project, s
     first = decoded[decoded.sweet_spot == 1].groupby("mask")[["psnr_masked", "swd_masked"]].nunique()
     assert (first == 1).all().all()
 
+    # Every metric of every cell has an interval about its value (SWD's centred on it, so it holds it too).
+    for metric in ["psnr", "psnr_masked", "ssim_masked", "swd", "swd_masked", "lpips_masked"]:
+        assert (df[f"{metric}_lo"] <= df[metric] + 1e-9).all() and (df[metric] <= df[f"{metric}_hi"] + 1e-9).all()
+        assert (df[f"{metric}_hi"] > df[f"{metric}_lo"]).any()
+    assert df.fid_lo.isna().all()  # no FID interval: eval.json says why
+    verdicts = df[[c for c in df.columns if "_vs_" in c]].stack().dropna()
+    assert set(verdicts) <= {"better", "worse", "tied"} and len(verdicts) > 0
+
     summary = json.loads((grid_project / "metrics/eval.json").read_text())
-    assert set(summary["masks"]) == {"center", "thick"} and summary["unavailable"] == {}
-    center = decoded[decoded["mask"] == "center"]
-    assert summary["masks"]["center"]["best"]["psnr_masked"] == pytest.approx(center.psnr_masked.max())
+    assert set(summary["masks"]) == {"center", "thick"} and summary["unavailable"] == {} and "fid" in summary["no_interval"]
+    assert summary["selection_images"] + summary["report_images"] == 6
+    pick = summary["masks"]["center"]["picks"]["psnr_masked"]
+    chosen = decoded[(decoded["mask"] == "center") & (decoded.schedule == pick["cell"]["schedule"])
+                     & (decoded["T"] == pick["cell"]["T"]) & (decoded.sweet_spot == pick["cell"]["sweet_spot"])]
+    assert len(chosen) == 1 and pick["report"]["lo"] <= pick["report"]["value"] <= pick["report"]["hi"]
+    assert set(pick["against"]) == {"telea", "vq_ceiling", "t1"} or pick["cell"]["T"] == 1
+    assert pick["tied_count"] == len(pick["tied"])
+
+    per_image = pd.read_parquet(grid_project / "results/grid_per_image.parquet")
+    assert set(per_image.metric) == {"psnr", "psnr_masked", "ssim", "ssim_masked", "lpips", "lpips_masked"}
+    assert len(per_image) == len(df) * 6 * 6 and set(per_image.image) == set(range(6)) and set(per_image.replicate) == {0}
+    # The table's per-image means are the means of the per-image file.
+    means = per_image[per_image.metric == "psnr_masked"].groupby(["method", "mask", "schedule", "T", "sweet_spot"], dropna=False).value.mean()
+    assert sorted(means) == pytest.approx(sorted(df.psnr_masked), abs=1e-4)
+    comparisons = pd.read_csv(grid_project / "results/grid_comparisons.csv")
+    assert set(comparisons.reference) == {"best", "telea", "vq_ceiling", "t1"}
+    assert (comparisons[comparisons.reference == "best"].images == "report half").all()
+    tested = comparisons.dropna(subset=["p"])
+    assert len(tested) > 0.9 * len(comparisons) and tested.p_holm.ge(tested.p - 1e-12).all()
+
     pictures = ["heatmap_psnr_masked.png", "heatmap_T_swd_masked.png", "heatmap_lpips_masked.png", "samples_center.png", "samples_thick.png"]
     for name in ["grid.parquet", "grid.md", *pictures]:
         assert (grid_project / "results" / name).stat().st_size > 0
+    assert " *" in (grid_project / "results/grid.md").read_text()  # the picks are marked
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
     parents = mlflow.search_runs(experiment_names=["eval-grid"], filter_string="tags.fingerprint != ''")
@@ -97,6 +130,14 @@ def test_eval_grid_flow_tables_tracks_and_caches(prefect_server, grid_project, s
     assert children["metrics.lpips_masked"].max() == pytest.approx(df.lpips_masked.max())
     logged = {f.path for f in mlflow.MlflowClient().list_artifacts(parent_id, "figures")}
     assert {f"figures/{name}" for name in pictures} <= logged
+    assert "results/grid_per_image.parquet" in {f.path for f in mlflow.MlflowClient().list_artifacts(parent_id, "results")}
+    assert parents["tags.best_set.center.swd_masked"][0]
+    # The cells tied with the best are one search away.
+    tied = mlflow.search_runs(experiment_names=["eval-grid"],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`in_best_set.swd_masked` = 'true'")
+    in_set = 1 + len(summary["masks"]["center"]["picks"]["swd_masked"]["tied"]) + 1 + len(summary["masks"]["thick"]["picks"]["swd_masked"]["tied"])
+    assert len(tied) == in_set
+    assert {"metrics.swd_masked_lo", "metrics.swd_masked_hi"} <= set(children.columns)
 
     # A second run with one more T decodes only the new trajectories; the rest come from the cache.
     calls.clear()
@@ -118,16 +159,97 @@ def test_a_failing_cell_is_retried_then_marked_while_the_grid_finishes(prefect_s
     write_tiny_params(grid_project / "params.yaml", eval={"seed": 7, "masks": ["center"], "T": [3]})  # a new seed: no cache hits
     flaky, broken = ("center", "linear", 3), ("center", "cosine", 3)
     calls = _trajectory_calls(monkeypatch, fail=lambda cell, attempt: cell == broken or (cell == flaky and attempt == 1))
+
+    def broken_telea(spec, mask):
+        raise RuntimeError("injected Telea failure")
+
+    monkeypatch.setattr(evaluation, "telea", broken_telea)
     eval_grid(params_file="params.yaml")
     assert calls.count(flaky) == 2 and calls.count(broken) == 3  # first try + 2 retries
 
     df = pd.read_csv(grid_project / "results/grid.csv")
-    failed = df[df.status != "ok"]
+    # A baseline that fails after its retries is a row that says so; the grid and the other references stand.
+    telea = df[df.method == "telea"]
+    assert len(telea) == 1 and telea.status.item().startswith("failed: RuntimeError: injected Telea failure")
+    failed = df[(df.status != "ok") & (df.method == "maskgit")]
     assert set(zip(failed.schedule, failed["T"])) == {("cosine", 3)} and len(failed) == 3
     assert failed.status.str.contains("injected failure").all() and failed.psnr.isna().all()
     assert (df[df.schedule == "linear"].status == "ok").all()
+    comparisons = pd.read_csv(grid_project / "results/grid_comparisons.csv")
+    assert set(comparisons.reference) == {"best", "vq_ceiling", "t1"}
     # Offline, without pretrained backbones: the perceptual columns say why instead of showing numbers.
     summary = json.loads((grid_project / "metrics/eval.json").read_text(), parse_constant=_not_json)
-    assert summary["failed_cells"] == 3 and set(summary["unavailable"]) == {"lpips", "lpips_masked", "fid"}
+    assert summary["failed_cells"] == 4 and set(summary["unavailable"]) == {"lpips", "lpips_masked", "fid"}
+    assert summary["masks"]["center"]["telea"]["status"].startswith("failed")
     assert df[["lpips", "lpips_masked", "fid"]].isna().all().all()
     assert "unavailable" in (grid_project / "results/grid.md").read_text()
+
+
+def test_a_tracking_store_that_is_down_costs_no_results(prefect_server, grid_project, monkeypatch):
+    from flows.eval_grid import eval_grid
+
+    write_tiny_params(grid_project / "params.yaml", eval={"seed": 11, "masks": ["center"], "T": [1]})
+    with socket.socket() as free:  # a port nobody listens on: a tracking server that is down
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.warns(grid_report.TrackingUnavailable, match="results/ and metrics/eval.json are complete"):
+        eval_grid(params_file="params.yaml")
+    df = pd.read_csv(grid_project / "results/grid.csv")
+    assert (df.status == "ok").all() and len(df) == 4  # T = 1 under 2 schedules, 2 baselines
+    assert json.loads((grid_project / "metrics/eval.json").read_text())["cells"] == 4
+    note = (grid_project / "results/NOT_LOGGED.txt").read_text()
+    assert f"127.0.0.1:{port}" in note and "dvc repro --force eval_grid" in note
+
+
+def _timeless(project) -> pd.DataFrame:
+    """The grid table without what is measured, not computed: the seconds per image."""
+    return pd.read_csv(project / "results/grid.csv").drop(columns=["seconds_per_image"])
+
+
+PAUSE_AT_THIRD_TRAJECTORY = """
+import sys, time
+from pathlib import Path
+from maskgit_inpaint import evaluation
+real, calls = evaluation.run_trajectory, []
+def paused(*args):
+    calls.append(args[1:4])
+    Path("decoded.txt").write_text(repr(calls))
+    if sys.argv[1] == "pause" and len(calls) == 3:
+        Path("paused").touch()
+        time.sleep(600)
+    return real(*args)
+evaluation.run_trajectory = paused
+from flows.eval_grid import eval_grid
+eval_grid(params_file="params.yaml")
+"""
+
+
+def test_a_killed_grid_resumes_to_the_same_table_and_uncached_runs_agree(prefect_server, grid_project, tmp_path):
+    from flows.eval_grid import eval_grid
+
+    write_tiny_params(grid_project / "params.yaml", eval={"seed": 13, "masks": ["center"], "T": [1, 3]})
+    eval_grid(params_file="params.yaml")
+    uninterrupted = _timeless(grid_project)
+    with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):  # the same params again, every cell recomputed
+        eval_grid(params_file="params.yaml")
+    pd.testing.assert_frame_equal(_timeless(grid_project), uninterrupted)
+
+    # Another process, with a cache of its own, is SIGKILLed while decoding its third trajectory.
+    shutil.rmtree(grid_project / "results")
+    env = stage_env({"PREFECT_HOME": str(tmp_path / "own-cache"), "PREFECT_API_URL": PREFECT_API_URL.value()})
+    proc = subprocess.Popen([sys.executable, "-c", PAUSE_AT_THIRD_TRAJECTORY, "pause"], cwd=grid_project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (grid_project / "paused").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert (grid_project / "paused").exists(), proc.stderr.read() if proc.poll() is not None else "no pause within 240 s"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (grid_project / "results").exists()  # nothing half-written
+    rerun = subprocess.run([sys.executable, "-c", PAUSE_AT_THIRD_TRAJECTORY, "go"], cwd=grid_project, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert len(eval((grid_project / "decoded.txt").read_text())) == 1  # the two finished before the kill came from the cache
+    pd.testing.assert_frame_equal(_timeless(grid_project), uninterrupted)

@@ -162,6 +162,10 @@ class EvalParams(Section):
     download_weights: bool  # may LPIPS / FID fetch their pretrained backbones into the torch hub cache?
     fid: bool  # FID column (Inception at 299 px: ~0.5 s per image on a laptop CPU, so off in the embedded profile)
     precision: Precision  # of decoding and pixel decodes (metrics are computed in fp32)
+    replicates: int = Field(..., ge=1)  # Gumbel streams per trajectory, same masks; the table averages them
+    bootstrap_resamples: int = Field(..., ge=20)  # resamples of the images behind every interval and comparison
+    confidence: float = Field(..., gt=0.5, lt=1.0)  # of the intervals; 1 - confidence is each test family's level
+    selection_fraction: float = Field(..., gt=0.0, lt=1.0)  # of the images where the best cell is chosen (the rest report it)
 
     @model_validator(mode="after")
     def _grid(self) -> "EvalParams":
@@ -177,6 +181,8 @@ class EvalParams(Section):
             raise ValueError("; ".join(problems))
         if min(self.T) < 1 or min(self.sweet_spots) < 1:
             raise ValueError("T and sweet_spots must be >= 1")
+        if self.num_images < 4:
+            raise ValueError(f"num_images ({self.num_images}) must be at least 4: the held-out pick splits them in two")
         if self.sample_images > min(self.batch_size, self.num_images):
             raise ValueError(f"sample_images ({self.sample_images}) must not exceed batch_size and num_images")
         return self

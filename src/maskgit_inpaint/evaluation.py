@@ -5,7 +5,12 @@ One trajectory per (mask, schedule, T) yields every sweet spot k <= T
 every cell of a mask kind sees the same holes and the same Gumbel noise stream,
 re-seeded per batch, so step 1 of every trajectory is the same decode: the k = 1
 cell of each (schedule, T) is decoded and scored once per mask kind (the T = 1
-trajectory) and shared (with_first_step).
+trajectory) and shared (with_first_step). Replicates decode the same holes under
+other Gumbel streams.
+
+Every cell keeps its `Evidence`: per-image values, and the set-level metrics on
+the held-out halves and under the shared bootstrap resamples (stats.py), so the
+grid's intervals and comparisons (grid_stats.py) need no decoding again.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from maskgit_inpaint import masks, metrics, perceptual, runtime, sampling, swd
+from maskgit_inpaint import masks, metrics, perceptual, runtime, sampling, stats, swd
 from maskgit_inpaint.data import shards
 from maskgit_inpaint.data import tokens as token_store
 from maskgit_inpaint.io import sha256_file
@@ -27,14 +32,16 @@ from maskgit_inpaint.models.checkpoint import WEIGHTS
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer
 from maskgit_inpaint.models.vqgan import VQGAN
 
-COLUMNS = ["method", "mask", "schedule", "T", "sweet_spot", "n_images", "psnr", "psnr_masked", "ssim", "ssim_masked",
+COLUMNS = ["method", "mask", "schedule", "T", "sweet_spot", "n_images", "replicates", "psnr", "psnr_masked", "ssim", "ssim_masked",
            "swd", "swd_masked", "lpips", "lpips_masked", "fid", "seconds_per_image", "status"]
 QUALITY = ["psnr", "psnr_masked", "ssim", "ssim_masked"]  # per-image means
 REALISM = ["swd", "swd_masked"]  # set-level: generated vs real patch distributions
 PERCEPTUAL = ["lpips", "lpips_masked", "fid"]  # need pretrained backbones: NaN where unavailable
 METRICS = QUALITY + REALISM + PERCEPTUAL + ["seconds_per_image"]
+PER_IMAGE = QUALITY + ["lpips", "lpips_masked"]  # kept image by image in every cell's Evidence
+HELD_OUT = ("psnr_masked", "ssim_masked", "lpips_masked", "swd_masked")  # picked on one half, reported on the other
 # Sources whose change must invalidate cached grid cells.
-CODE = ("sampling.py", "evaluation.py", "metrics.py", "masks.py", "swd.py", "perceptual.py", "runtime.py")
+CODE = ("sampling.py", "evaluation.py", "metrics.py", "masks.py", "swd.py", "perceptual.py", "runtime.py", "stats.py")
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,10 @@ class GridSpec:
     fingerprint: str  # hash of both models' weights, the val tokens and the grid code
     num_images: int
     batch_size: int
-    seed: int  # masks, Gumbel noise and SWD patch positions
+    seed: int  # masks, Gumbel noise, SWD patch positions, the held-out split and the bootstrap resamples
+    replicates: int  # Gumbel streams per trajectory (same masks)
+    bootstrap_resamples: int
+    selection_fraction: float  # of the images, where the best cell is chosen
     temperature: float
     feather: int
     sample_images: int
@@ -131,20 +141,56 @@ def _decode_pixels(data: EvalData, ids: torch.Tensor) -> torch.Tensor:
         return decode(ids.view(len(ids), h, h)).float()
 
 
+@dataclass
+class SetLevel:
+    """A set-level metric (one number per image set) of one cell, on the images and their resamples."""
+
+    value: float  # on all images
+    replicates: np.ndarray | None  # (resamples,) under the shared bootstrap resamples of all images; None: not computed
+    selection: float = float("nan")  # on the selection half (held-out metrics only)
+    report: float = float("nan")  # on the report half
+    report_replicates: np.ndarray | None = None  # (resamples,) under the resamples of the report half
+
+
+@dataclass
+class Evidence:
+    """What a cell's statistics are computed from, so none needs decoding again."""
+
+    per_image: dict[str, np.ndarray]  # metric -> (replicates, N) values, NaN where a metric is unavailable
+    set_level: dict[str, SetLevel]  # swd, swd_masked, fid
+
+    @staticmethod
+    def mean(parts: list[Evidence]) -> Evidence:
+        """Replicates of one cell: per-image values stacked, set-level values and replicates averaged."""
+        per_image = {m: np.concatenate([p.per_image[m] for p in parts]) for m in parts[0].per_image}
+
+        def avg(values):
+            return None if values[0] is None else np.mean(values, axis=0)
+
+        set_level = {m: SetLevel(*(avg([getattr(p.set_level[m], f) for p in parts])
+                                   for f in ("value", "replicates", "selection", "report", "report_replicates")))
+                     for m in parts[0].set_level}
+        for level in set_level.values():
+            level.value, level.selection, level.report = float(level.value), float(level.selection), float(level.report)
+        return Evidence(per_image, set_level)
+
+
 class CellScores:
     """Accumulates one cell's metrics over batches: per-image fidelity, set-level realism."""
 
     def __init__(self, data: EvalData, seed: int):
         self.data = data
-        self.per_image: dict[str, list[torch.Tensor]] = {m: [] for m in QUALITY + ["lpips", "lpips_masked"]}
+        self.per_image: dict[str, list[torch.Tensor]] = {m: [] for m in PER_IMAGE}
         # Same seed in every cell: patches come from the same positions, so cells compare like for like.
         self.whole, self.masked = swd.PatchSets(seed=seed), swd.PatchSets(seed=seed)
         self.features = perceptual.FeatureStats()
 
     def add(self, pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor) -> None:
+        nan = torch.full((len(pred),), float("nan"))
         values = {
             "psnr": metrics.psnr(pred, target), "psnr_masked": metrics.psnr(pred, target, pixel_mask),
             "ssim": metrics.ssim(pred, target), "ssim_masked": metrics.ssim(pred, target, pixel_mask),
+            "lpips": nan, "lpips_masked": nan,
         }
         if self.data.lpips.available:
             dist = perceptual.lpips_map(self.data.lpips.network, pred, target)  # one pass serves both columns
@@ -156,69 +202,124 @@ class CellScores:
         self.whole.add(pred, target)
         self.masked.add(pred, target, pixel_mask)
 
-    def result(self) -> dict[str, float]:
-        out = {k: (torch.cat(v).nanmean().item() if v else float("nan")) for k, v in self.per_image.items()}
-        out["fid"] = float("nan")
+    def evidence(self, resampling: Resampling) -> Evidence:
+        """Per-image values, and SWD on the halves and under the resamples (FID: its value only)."""
+        whole, = self.whole.resample([(resampling.all, None)])
+        report = torch.from_numpy(resampling.split.report)
+        masked, masked_report = self.masked.resample([(resampling.all, None), (resampling.report, report)])
+        fid = float("nan")
         if self.data.real_moments is not None and len(self.features) >= 2:  # a covariance needs two images
-            out["fid"] = perceptual.frechet_distance(*self.features.moments(), *self.data.real_moments)
-        return {**out, "swd": self.whole.distance(), "swd_masked": self.masked.distance()}
+            fid = perceptual.frechet_distance(*self.features.moments(), *self.data.real_moments)
+        return Evidence(
+            per_image={m: torch.cat(v).numpy()[None] for m, v in self.per_image.items()},
+            set_level={
+                "swd": SetLevel(self.whole.distance(), whole.numpy()),
+                "swd_masked": SetLevel(self.masked.distance(), masked.numpy(),
+                                       selection=self.masked.distance(torch.from_numpy(resampling.split.selection)),
+                                       report=self.masked.distance(report), report_replicates=masked_report.numpy()),
+                "fid": SetLevel(fid, None),  # a resampled FID needs a 2048-d matrix root per resample: not computed
+            })
 
 
-def _row(method: str, mask: str, scores: CellScores, seconds: float, n: int, **cell) -> dict:
-    row = {"method": method, "mask": mask, "schedule": None, "T": None, "sweet_spot": None, "n_images": n, **cell}
-    row.update(scores.result())
+@dataclass(frozen=True)
+class Resampling:
+    """The held-out split and the bootstrap resamples every cell of a grid shares."""
+
+    split: stats.Split
+    all: torch.Tensor  # (resamples, N) counts over all images
+    report: torch.Tensor  # (resamples, N) counts over the report half
+
+    @staticmethod
+    def of(spec: GridSpec, n: int) -> Resampling:
+        halves = stats.split(n, spec.selection_fraction, spec.seed)
+        return Resampling(halves, stats.resample_counts(n, None, resamples=spec.bootstrap_resamples, seed=spec.seed),
+                          stats.resample_counts(n, halves.report, resamples=spec.bootstrap_resamples, seed=spec.seed))
+
+
+@dataclass
+class Cell:
+    """One row of the grid and what its statistics are computed from (None for a failed cell)."""
+
+    row: dict
+    evidence: Evidence | None
+
+
+def _cell(method: str, mask: str, evidence: Evidence, seconds: float, n: int, **axes) -> Cell:
+    row = {"method": method, "mask": mask, "schedule": None, "T": None, "sweet_spot": None, "n_images": n,
+           "replicates": len(next(iter(evidence.per_image.values()))), **axes}
+    row.update({m: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for m, v in evidence.per_image.items()})
+    row.update({m: level.value for m, level in evidence.set_level.items()})
     finite = all(np.isfinite(row[k]) for k in QUALITY + REALISM)
-    return {**row, "seconds_per_image": seconds / n, "status": "ok" if finite else "non-finite metric"}
+    return Cell({**row, "seconds_per_image": seconds / (n * row["replicates"]), "status": "ok" if finite else "non-finite metric"},
+                evidence)
 
 
-def failed_rows(mask: str, schedule: str, T: int, sweet_spots: tuple[int, ...], error: BaseException) -> list[dict]:
-    """The rows of a trajectory that failed after its retries: no metrics, the error in `status`."""
-    status = f"failed: {type(error).__name__}: {error}"[:300]
-    return [{"method": "maskgit", "mask": mask, "schedule": schedule, "T": T, "sweet_spot": k, "status": status}
+def _failure(error: BaseException) -> str:
+    return f"failed: {type(error).__name__}: {error}"[:300]
+
+
+def failed_cells(mask: str, schedule: str, T: int, sweet_spots: tuple[int, ...], error: BaseException) -> list[Cell]:
+    """The cells of a trajectory that failed after its retries: no metrics, the error in `status`."""
+    return [Cell({"method": "maskgit", "mask": mask, "schedule": schedule, "T": T, "sweet_spot": k, "status": _failure(error)}, None)
             for k in sorted(set(sweet_spots) | {T})]
+
+
+def failed_baseline(method: str, mask: str, error: BaseException) -> Cell:
+    """A baseline that failed after its retries: a row that says so, and the grid goes on."""
+    return Cell({"method": method, "mask": mask, "status": _failure(error)}, None)
 
 
 @dataclass
 class Trajectory:
-    rows: list[dict]  # one per sweet spot
+    cells: list[Cell]  # one per sweet spot
     samples: dict[int, np.ndarray]  # sweet spot -> (S, H, W, 3) uint8 composites of the first images, for sample strips
 
 
+def sampling_seed(seed: int, replicate: int, start: int) -> int:
+    """The Gumbel stream of one batch: the same in every trajectory (step 1 is shared), another per replicate."""
+    return seed * 1_000_003 + start + replicate * 7_919_000_011
+
+
 def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots: tuple[int, ...]) -> Trajectory:
-    """Decode all images once with (schedule, T) for holes of kind `mask`; score the result at every sweet spot."""
+    """Decode all images with (schedule, T) for holes of kind `mask`, once per replicate; score every sweet spot."""
     data = load_data(spec)
     pixel_mask, token_mask = data.masks(mask, spec.seed)
     logits = runtime.in_cache_chunks(data.transformer, data.device, data.transformer.config.activation_bytes)
     ks = sorted(set(sweet_spots) | {T})
-    scores = {k: CellScores(data, spec.seed) for k in ks}
+    n = len(data.images)
+    resampling = Resampling.of(spec, n)
+    evidence: dict[int, list[Evidence]] = {k: [] for k in ks}
     pixel_seconds = {k: 0.0 for k in ks}
     decode_seconds = 0.0
     samples = {}
-    n = len(data.images)
-    for start in range(0, n, spec.batch_size):
-        sl = slice(start, start + spec.batch_size)
-        x, pm = data.images[sl].to(data.device), pixel_mask[sl].to(data.device)
-        began = runtime.clock(data.device)
-        # Seeded per batch: every trajectory's batch starts from the same noise, so step 1 is shared.
-        generator = torch.Generator(data.device).manual_seed(spec.seed * 1_000_003 + start)
-        with data.precision.autocast():
-            out = sampling.decode(logits, data.tokens[sl].to(data.device),
-                                  token_mask[sl].to(data.device), schedule, T, ks, spec.temperature, generator,
-                                  mask_id=data.transformer.config.mask_id)
-        decode_seconds += runtime.clock(data.device) - began
-        for k, ids in out.items():
+    for replicate in range(spec.replicates):
+        scores = {k: CellScores(data, spec.seed) for k in ks}
+        for start in range(0, n, spec.batch_size):
+            sl = slice(start, start + spec.batch_size)
+            x, pm = data.images[sl].to(data.device), pixel_mask[sl].to(data.device)
             began = runtime.clock(data.device)
-            pred = composite(x, _decode_pixels(data, ids), pm, spec.feather)
-            pixel_seconds[k] += runtime.clock(data.device) - began
-            scores[k].add(pred, x, pm)
-            if start == 0:
-                samples[k] = shards.as_uint8(pred[: spec.sample_images])
+            generator = torch.Generator(data.device).manual_seed(sampling_seed(spec.seed, replicate, start))
+            with data.precision.autocast():
+                out = sampling.decode(logits, data.tokens[sl].to(data.device),
+                                      token_mask[sl].to(data.device), schedule, T, ks, spec.temperature, generator,
+                                      mask_id=data.transformer.config.mask_id)
+            decode_seconds += runtime.clock(data.device) - began
+            for k, ids in out.items():
+                began = runtime.clock(data.device)
+                pred = composite(x, _decode_pixels(data, ids), pm, spec.feather)
+                pixel_seconds[k] += runtime.clock(data.device) - began
+                scores[k].add(pred, x, pm)
+                if start == 0 and replicate == 0:
+                    samples[k] = shards.as_uint8(pred[: spec.sample_images])
+        for k in ks:
+            evidence[k].append(scores[k].evidence(resampling))
     # A cell's cost: k of the T transformer passes (measured together) plus its pixel decode.
-    rows = [
-        _row("maskgit", mask, scores[k], decode_seconds * k / T + pixel_seconds[k], n, schedule=schedule, T=T, sweet_spot=k)
+    cells = [
+        _cell("maskgit", mask, Evidence.mean(evidence[k]), decode_seconds * k / T + pixel_seconds[k], n,
+              schedule=schedule, T=T, sweet_spot=k)
         for k in ks
     ]
-    return Trajectory(rows, samples)
+    return Trajectory(cells, samples)
 
 
 def with_first_step(first: Trajectory, rest: Trajectory | None, schedule: str, T: int) -> Trajectory:
@@ -227,11 +328,11 @@ def with_first_step(first: Trajectory, rest: Trajectory | None, schedule: str, T
     `first` is the T = 1 trajectory (any schedule: one step never reads it); `rest` holds
     the sweet spots k > 1 (None for T = 1).
     """
-    rows = [{**first.rows[0], "schedule": schedule, "T": T}] + (rest.rows if rest else [])
-    return Trajectory(rows, {**first.samples, **(rest.samples if rest else {})})
+    shared = Cell({**first.cells[0].row, "schedule": schedule, "T": T}, first.cells[0].evidence)
+    return Trajectory([shared] + (rest.cells if rest else []), {**first.samples, **(rest.samples if rest else {})})
 
 
-def _baseline_row(spec: GridSpec, mask: str, method: str, fill) -> dict:
+def _baseline(spec: GridSpec, mask: str, method: str, fill) -> Cell:
     """Score a baseline over the val set; fill(data, slice, images, pixel_mask) -> completed images."""
     data = load_data(spec)
     pixel_mask, _ = data.masks(mask, spec.seed)
@@ -244,12 +345,12 @@ def _baseline_row(spec: GridSpec, mask: str, method: str, fill) -> dict:
         pred = fill(data, sl, x, pm)
         seconds += runtime.clock(data.device) - began
         scores.add(pred, x, pm)
-    return _row(method, mask, scores, seconds, len(data.images))
+    return _cell(method, mask, scores.evidence(Resampling.of(spec, len(data.images))), seconds, len(data.images))
 
 
-def vq_ceiling_row(spec: GridSpec, mask: str) -> dict:
+def vq_ceiling(spec: GridSpec, mask: str) -> Cell:
     """The ceiling of any token predictor: decode the true tokens of every image, composite the same way."""
-    return _baseline_row(spec, mask, "vq_ceiling", lambda data, sl, x, pm: composite(
+    return _baseline(spec, mask, "vq_ceiling", lambda data, sl, x, pm: composite(
         x, _decode_pixels(data, data.tokens[sl].to(data.device)), pm, spec.feather))
 
 
@@ -262,25 +363,16 @@ def telea_fill(images: torch.Tensor, pixel_mask: torch.Tensor, radius: int = 3) 
     return torch.from_numpy(np.stack(filled)).permute(0, 3, 1, 2).float().to(images.device) / 127.5 - 1
 
 
-def telea_row(spec: GridSpec, mask: str) -> dict:
+def telea(spec: GridSpec, mask: str) -> Cell:
     """A baseline without any learning: OpenCV's Telea inpainting of the same holes."""
-    return _baseline_row(spec, mask, "telea", lambda data, sl, x, pm: telea_fill(x, pm))
+    return _baseline(spec, mask, "telea", lambda data, sl, x, pm: telea_fill(x, pm))
 
 
-def table(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    for col in ("T", "sweet_spot", "n_images"):
+def table(rows: list[dict], columns: list[str] = COLUMNS) -> pd.DataFrame:
+    df = pd.DataFrame(rows).reindex(columns=columns)
+    for col in ("T", "sweet_spot", "n_images", "replicates"):
         df[col] = df[col].astype("Int64")
     return df.sort_values(["mask", "method", "schedule", "T", "sweet_spot"], na_position="first", ignore_index=True)
-
-
-def best_cell(df: pd.DataFrame, by: str, lower_is_better: bool = False) -> dict | None:
-    """The decoded cell with the best value of `by` (None when no decoded cell finished)."""
-    decoded = df[(df.method == "maskgit") & (df.status == "ok")]
-    if decoded.empty:
-        return None
-    best = decoded.loc[decoded[by].idxmin() if lower_is_better else decoded[by].idxmax()]
-    return {k: (None if pd.isna(v) else v.item() if hasattr(v, "item") else v) for k, v in best.items()}
 
 
 def spec_for(paths, p) -> GridSpec:
@@ -289,7 +381,8 @@ def spec_for(paths, p) -> GridSpec:
         vqgan_dir=str(paths.vqgan), transformer_dir=str(paths.transformer), shards_dir=str(paths.shards),
         tokens_dir=str(paths.tokens), cache_dir=str(paths.cache),
         fingerprint=fingerprint(paths.vqgan, paths.transformer, paths.tokens),
-        num_images=p.num_images, batch_size=p.batch_size, seed=p.seed, temperature=p.temperature,
+        num_images=p.num_images, batch_size=p.batch_size, seed=p.seed, replicates=p.replicates,
+        bootstrap_resamples=p.bootstrap_resamples, selection_fraction=p.selection_fraction, temperature=p.temperature,
         feather=p.feather, sample_images=p.sample_images, download_weights=p.download_weights, fid=p.fid,
         precision=runtime.precision(p.precision, runtime.device()).name,
     )

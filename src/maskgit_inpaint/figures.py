@@ -1,4 +1,9 @@
-"""Pictures of a grid: metric heatmaps (schedule x sweet spot per T; schedule x T) and sample strips."""
+"""Pictures of a grid: metric heatmaps (schedule x sweet spot per T; schedule x T) and sample strips.
+
+Heatmaps take the grid table with a `mark` column (2: the mask kind's best cell, 1: a
+cell tied with it, 0: neither): the best is outlined thick, ties dashed, and every
+cell shows its value over its interval's half-width.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,17 +15,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 
-def _panel(ax, grid: pd.DataFrame, cmap: str, vmin: float, vmax: float):
-    """One annotated heatmap panel of a pivoted table."""
-    values = grid.to_numpy(dtype=float)
+def _panel(ax, cells: pd.DataFrame, columns: str, metric: str, cmap: str, vmin: float, vmax: float):
+    """One annotated heatmap panel: schedules down, `columns` across; outlines mark the best cell and its ties."""
+    half = (cells[f"{metric}_hi"] - cells[f"{metric}_lo"]) / 2
+    grids = {name: cells.assign(_v=v).pivot(index="schedule", columns=columns, values="_v")
+             for name, v in (("value", cells[metric]), ("half", half), ("mark", cells["mark"]))}
+    values = grids["value"].to_numpy(dtype=float)
     image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
-    ax.set_yticks(range(grid.shape[0]), list(grid.index))
+    ax.set_xticks(range(values.shape[1]), [str(c) for c in grids["value"].columns])
+    ax.set_yticks(range(values.shape[0]), list(grids["value"].index))
     for (i, j), value in np.ndenumerate(values):
-        if np.isfinite(value):
-            ax.text(j, i, f"{value:.4g}", ha="center", va="center", color="white", fontsize=8)
+        if not np.isfinite(value):
+            continue
+        width = grids["half"].to_numpy(dtype=float)[i, j]
+        label = f"{value:.4g}" + (f"\n±{width:.2g}" if np.isfinite(width) else "")
+        ax.text(j, i, label, ha="center", va="center", color="white", fontsize=7)
+        mark = grids["mark"].to_numpy(dtype=float)[i, j]
+        if mark > 0:
+            ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="red" if mark == 2 else "orange",
+                                   linewidth=2.5 if mark == 2 else 1.2, linestyle="-" if mark == 2 else "--"))
     return image
 
 
@@ -39,12 +55,12 @@ def heatmap(df: pd.DataFrame, metric: str) -> Figure:
     for row, kind in enumerate(kinds):
         cells = decoded[decoded["mask"] == kind]
         for ax, T in zip(axes[row], Ts):
-            grid = cells[cells["T"] == T].pivot(index="schedule", columns="sweet_spot", values=metric)
-            image = _panel(ax, grid, cmap, cells[metric].min(), cells[metric].max())
+            image = _panel(ax, cells[cells["T"] == T], "sweet_spot", metric, cmap, cells[metric].min(), cells[metric].max())
             ax.set_title(f"{kind}, T = {T}", fontsize=9)
             ax.set_xlabel("sweet spot k")
         fig.colorbar(image, ax=axes[row].tolist(), label=metric)
-    fig.suptitle(f"{metric} ({better} is better) by schedule x sweet spot", fontsize=10)
+    fig.suptitle(f"{metric} ({better} is better) by schedule x sweet spot; ± interval half-width; "
+                 "red: best (selection half), orange dashed: tied with it (report half)", fontsize=9)
     return fig
 
 
@@ -57,11 +73,11 @@ def heatmap_by_T(df: pd.DataFrame, metric: str) -> Figure:
     cmap, better = _style(metric)
     for ax, kind in zip(axes[0], kinds):
         cells = decoded[decoded["mask"] == kind]
-        grid = cells.pivot(index="schedule", columns="T", values=metric)
-        fig.colorbar(_panel(ax, grid, cmap, cells[metric].min(), cells[metric].max()), ax=ax)
+        fig.colorbar(_panel(ax, cells, "T", metric, cmap, cells[metric].min(), cells[metric].max()), ax=ax)
         ax.set_title(f"{kind} mask", fontsize=9)
         ax.set_xlabel("T (decoding steps)")
-    fig.suptitle(f"{metric} ({better} is better) by schedule x T, full decode", fontsize=10)
+    fig.suptitle(f"{metric} ({better} is better) by schedule x T, full decode; ± interval half-width; outlines as in the sweet-spot map",
+                 fontsize=9)
     return fig
 
 
@@ -84,6 +100,11 @@ def sample_strip(columns: dict[str, np.ndarray], title: str = "") -> Figure:
     return fig
 
 
-def save(fig: Figure, path: Path) -> None:
+def save(fig: Figure, path: Path, close: bool = True) -> None:
     fig.savefig(path, dpi=120, bbox_inches="tight")
+    if close:
+        plt.close(fig)
+
+
+def close(fig: Figure) -> None:
     plt.close(fig)

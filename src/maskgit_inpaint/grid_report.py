@@ -1,19 +1,35 @@
-"""Publish a finished grid: tables and pictures on disk, metrics for DVC, runs in MLflow."""
+"""Publish a finished grid: tables and pictures on disk, metrics for DVC, then runs in MLflow.
+
+Everything lands on disk (results/, metrics/eval.json) before MLflow is touched, so
+a tracking store that is down or locked costs the runs, never the results: one
+warning, and results/NOT_LOGGED.txt says what is missing and how to log it.
+"""
 from __future__ import annotations
 
+import warnings
+
 import mlflow
+import numpy as np
 import pandas as pd
 
-from maskgit_inpaint import evaluation, figures, tracking
+from maskgit_inpaint import evaluation, figures, grid_stats, tracking
 from maskgit_inpaint.config import EvalParams, PathsParams
 from maskgit_inpaint.io import atomic_dir, write_json
 
 HEATMAP_METRICS = ("psnr_masked", "ssim_masked", "swd_masked", "lpips_masked")
-CELL_KEYS = ["method", "mask", "schedule", "T", "sweet_spot"]
+LABELS = {"psnr_masked": "PSNR(masked)", "ssim_masked": "SSIM(masked)", "swd_masked": "SWD(masked)", "lpips_masked": "LPIPS(masked)"}
+UNITS = {"psnr_masked": " dB"}
+HEADLINE_METRICS = ("psnr_masked", "swd_masked")
+CORRECTION = ("Holm over each family: one mask kind, one metric, one reference; "
+              "per-image metrics by Wilcoxon signed-rank, set-level ones by the paired bootstrap's standard error")
+
+
+class TrackingUnavailable(UserWarning):
+    """The MLflow store could not take the grid's runs; the results on disk are complete."""
 
 
 def unavailable_metrics(spec: evaluation.GridSpec) -> dict[str, str]:
-    """Metric column -> why it has no values (its pretrained backbone is missing)."""
+    """Metric column -> why it has no values (its pretrained backbone is missing, or no interval is computed)."""
     data = evaluation.load_data(spec)
     reasons = {}
     for backbone, columns in ((data.lpips, ("lpips", "lpips_masked")), (data.fid, ("fid",))):
@@ -22,26 +38,65 @@ def unavailable_metrics(spec: evaluation.GridSpec) -> dict[str, str]:
     return reasons
 
 
-def summary(df: pd.DataFrame, mask: str) -> dict:
-    """Per mask kind: the best decoded cells and the baselines, for metrics/eval.json."""
+def _json_value(v):
+    return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else v
+
+
+def _clean(obj):
+    """NaN -> null throughout, so eval.json stays valid JSON."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        obj = obj.item()
+    return _json_value(obj)
+
+
+def mask_summary(df: pd.DataFrame, result: grid_stats.GridStats, mask: str) -> dict:
+    """Per mask kind, for metrics/eval.json: the held-out picks and the baselines with their intervals."""
     rows = df[df["mask"] == mask]
-    baselines = {m: {k: None if pd.isna(v := rows[rows.method == m][k].item()) else v for k in evaluation.METRICS}
-                 for m in ("vq_ceiling", "telea")}  # NaN -> null: eval.json stays valid JSON
-    return {"best": evaluation.best_cell(rows, "psnr_masked"),
-            "most_realistic": evaluation.best_cell(rows, "swd_masked", lower_is_better=True), **baselines}
+    baselines = {}
+    for method in ("telea", "vq_ceiling"):
+        row = rows[rows.method == method]
+        if len(row) and row.status.iloc[0] == "ok":
+            r = row.iloc[0]
+            baselines[method] = {m: {"value": r[m], "lo": r[f"{m}_lo"], "hi": r[f"{m}_hi"]} for m in grid_stats.INTERVAL_METRICS}
+        elif len(row):
+            baselines[method] = {"status": row.status.iloc[0]}
+    return {"picks": {m: pick.as_json() for m, pick in result.picks.get(mask, {}).items()}, **baselines}
 
 
-def figures_for(spec: evaluation.GridSpec, df: pd.DataFrame, trajectories: dict, masks: tuple[str, ...]) -> dict[str, figures.Figure]:
-    """Heatmaps per metric and one sample strip per mask kind (the most realistic trajectory, step by step)."""
+def marks(df: pd.DataFrame, result: grid_stats.GridStats, metric: str) -> pd.Series:
+    """Per row: 2 for the held-out pick of its mask kind, 1 for the cells tied with it, 0 otherwise."""
+    out = pd.Series(0, index=df.index)
+    for mask, picks in result.picks.items():
+        pick = picks.get(metric)
+        if pick is None:
+            continue
+        for cells, value in ((pick.tied, 1), ([pick.cell], 2)):
+            for cell in cells:
+                hit = np.ones(len(df), dtype=bool)
+                for k, v in cell.items():
+                    hit &= (df[k].isna() if v is None else (df[k] == v)).to_numpy(dtype=bool, na_value=False)
+                out[hit] = value
+    return out
+
+
+def figures_for(spec: evaluation.GridSpec, df: pd.DataFrame, result: grid_stats.GridStats, trajectories: dict,
+                masks: tuple[str, ...]) -> dict[str, figures.Figure]:
+    """Heatmaps per metric (ties outlined, interval half-widths shown) and one sample strip per mask kind."""
     out = {}
     for metric in HEATMAP_METRICS:
         if df[metric].notna().any():
-            out[f"heatmap_{metric}.png"] = figures.heatmap(df, metric)
-            out[f"heatmap_T_{metric}.png"] = figures.heatmap_by_T(df, metric)
+            marked = df.assign(mark=marks(df, result, metric))
+            out[f"heatmap_{metric}.png"] = figures.heatmap(marked, metric)
+            out[f"heatmap_T_{metric}.png"] = figures.heatmap_by_T(marked, metric)
     for mask in masks:
-        cell = evaluation.best_cell(df[df["mask"] == mask], "swd_masked", lower_is_better=True)
-        if cell is None:
+        pick = result.picks.get(mask, {}).get("swd_masked")
+        if pick is None or pick.cell["T"] is None:
             continue
+        cell = pick.cell
         inputs = evaluation.sample_inputs(spec, mask)
         steps = trajectories[(mask, cell["schedule"], cell["T"])].samples
         columns = {"input": inputs["input"], "mask": inputs["mask"],
@@ -50,52 +105,113 @@ def figures_for(spec: evaluation.GridSpec, df: pd.DataFrame, trajectories: dict,
     return out
 
 
-def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajectories: dict, baselines: list[dict],
-            failed: list[dict]) -> dict:
-    """Write results/ and metrics/eval.json, log the parent run with one child per cell; returns the per-mask summary."""
-    df = evaluation.table(baselines + [row for t in trajectories.values() for row in t.rows] + failed)
+def markdown(df: pd.DataFrame, result: grid_stats.GridStats, unavailable: dict[str, str], confidence: float) -> str:
+    """The table people read: value [lo, hi] per metric; * marks the pick, = the cells tied with it."""
+    shown = df[evaluation.COLUMNS].astype(object).where(df[evaluation.COLUMNS].notna(), None)
+    for metric in grid_stats.INTERVAL_METRICS:
+        if metric in unavailable:
+            shown[metric] = "unavailable"
+            continue
+        flag = marks(df, result, metric) if metric in evaluation.HELD_OUT else pd.Series(0, index=df.index)
+        shown[metric] = [
+            None if pd.isna(v) else f"{v:.4g}" + ("" if pd.isna(lo) else f" [{lo:.4g}, {hi:.4g}]") + {0: "", 1: " =", 2: " *"}[f]
+            for v, lo, hi, f in zip(df[metric], df[f"{metric}_lo"], df[f"{metric}_hi"], flag)]
+    legend = (f"\nIntervals: {confidence:.0%} bootstrap over images. `*`: the best cell of its mask kind, chosen on the "
+              f"selection half of the images; `=`: cells a paired test on the report half cannot tell from it "
+              f"({CORRECTION}). Every comparison is in grid_comparisons.csv.\n")
+    return shown.to_markdown(index=False) + "\n" + legend
+
+
+def _fmt(v: float, digits: int = 1) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def headline(mask: str, metric: str, pick: grid_stats.Pick | None, cells_of_kind: int) -> str:
+    """One line per mask kind and metric: the held-out pick, its ties, and its difference to the baselines."""
+    if pick is None:
+        return f"eval_grid [{mask}]: no decoded cell has {metric}"
+    digits = 2 if metric == "psnr_masked" else 3 if metric in ("ssim_masked", "lpips_masked") else 1
+    r, unit = pick.report, UNITS.get(metric, "")
+    against = "; ".join(
+        f"vs {name.replace('_', ' ').replace('t1', 'T=1')} {c['difference']:+.{digits}f} [{_fmt(c['lo'], digits)}, {_fmt(c['hi'], digits)}] ({c['verdict']})"
+        for name, c in pick.against.items())
+    return (f"eval_grid [{mask}]: best {grid_stats.name_of(pick.cell)}: {LABELS[metric]} {r.value:.{digits}f}{unit} "
+            f"[{_fmt(r.lo, digits)}, {_fmt(r.hi, digits)}] (report half), tied with {len(pick.tied)} of {cells_of_kind - 1} cells; {against}")
+
+
+def _log(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, df: pd.DataFrame, result: grid_stats.GridStats,
+         pictures: dict, prec, unavailable: dict[str, str]) -> None:
+    """The parent run (table, per-image file, figures, tied sets) and one child per cell (intervals, verdicts)."""
+    records = df.astype(object).where(df.notna(), None)
+    best_sets = {metric: marks(df, result, metric) for metric in evaluation.HELD_OUT}
+    tied_tags = {f"best_set.{mask}.{metric}": "; ".join(grid_stats.name_of(c) for c in [pick.cell] + pick.tied)[:5000]
+                 for mask, picks in result.picks.items() for metric, pick in picks.items()}
+    with tracking.run("eval-grid", run_name=f"grid-{spec.fingerprint}",
+                      params={**p.model_dump(mode="json"), **tracking.runtime_params(prec)},
+                      tags={"fingerprint": spec.fingerprint, "vqgan": paths.vqgan.as_posix(), "transformer": paths.transformer.as_posix(),
+                            "correction": CORRECTION, **tied_tags,
+                            **{f"unavailable.{c}": r[:5000] for c, r in unavailable.items()}}) as parent:
+        verdict_columns = [c for c in df.columns if "_vs_" in c]
+        child_tags = [{**{f"verdict.{c}": str(row[c]) for c in verdict_columns if row[c] is not None},
+                       **{f"in_best_set.{m}": str(bool(best_sets[m][i] > 0)).lower() for m in evaluation.HELD_OUT}}
+                      for i, row in records.iterrows()]
+        metric_keys = evaluation.METRICS + [c for c in df.columns if c.endswith(("_lo", "_hi"))]
+        tracking.log_child_runs(parent, records.to_dict("records"), grid_stats.CELL_KEYS, metric_keys, child_tags)
+        mlflow.log_table(records, artifact_file="grid.json")
+        mlflow.log_artifacts(str(paths.results), artifact_path="results")
+        for name, fig in pictures.items():
+            mlflow.log_figure(fig, f"figures/{name}")
+        for mask, picks in result.picks.items():
+            for metric, pick in picks.items():
+                values = {"value": pick.report.value, "lo": pick.report.lo, "hi": pick.report.hi, "tied": len(pick.tied)}
+                mlflow.log_metrics({f"{mask}.best_{metric}.{k}": v for k, v in values.items() if v is not None and np.isfinite(v)})
+
+
+def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajectories: dict, baselines: list[evaluation.Cell],
+            failed: list[evaluation.Cell]) -> dict:
+    """Write results/ and metrics/eval.json, then log the grid to MLflow; returns the per-mask summary."""
+    cells = baselines + [c for t in trajectories.values() for c in t.cells] + failed
+    data = evaluation.load_data(spec)
+    halves = evaluation.Resampling.of(spec, len(data.images)).split
+    result = grid_stats.compute(cells, halves, grid_stats.Settings(p.confidence, p.bootstrap_resamples, p.seed))
+    df = result.table
     unavailable = unavailable_metrics(spec)
-    prec = evaluation.load_data(spec).precision
+    no_interval = {} if "fid" in unavailable else dict(grid_stats.NO_INTERVAL)
     for column, reason in sorted(unavailable.items()):
         print(f"eval_grid: {column} unavailable: {reason}")
-    records = df.astype(object).where(df.notna(), None)  # NA -> None: blank in markdown, null in json
-    readable = records.copy()
-    for column in unavailable:
-        readable[column] = "unavailable"
-    per_mask = {mask: summary(df, mask) for mask in p.masks}
-    pictures = figures_for(spec, df, trajectories, p.masks)
+    for column, reason in no_interval.items():
+        print(f"eval_grid: {column} has no interval: {reason}")
+    per_mask = {mask: mask_summary(df, result, mask) for mask in p.masks}
+    pictures = figures_for(spec, df, result, trajectories, p.masks)
     with atomic_dir(paths.results) as out:
         df.to_csv(out / "grid.csv", index=False)
         df.to_parquet(out / "grid.parquet", index=False)
-        (out / "grid.md").write_text(readable.to_markdown(index=False, floatfmt=".4g") + "\n")
-        with tracking.run("eval-grid", run_name=f"grid-{spec.fingerprint}",
-                          params={**p.model_dump(mode="json"), **tracking.runtime_params(prec)},
-                          tags={"fingerprint": spec.fingerprint, "vqgan": paths.vqgan.as_posix(), "transformer": paths.transformer.as_posix(),
-                                **{f"unavailable.{c}": r[:5000] for c, r in unavailable.items()}}) as parent:
-            tracking.log_child_runs(parent, records.to_dict("records"), CELL_KEYS, evaluation.METRICS)
-            mlflow.log_table(records, artifact_file="grid.json")
-            mlflow.log_artifacts(str(out), artifact_path="results")
-            for name, fig in pictures.items():
-                mlflow.log_figure(fig, f"figures/{name}")
-                figures.save(fig, out / name)
-            for mask, s in per_mask.items():
-                if s["best"] is not None:
-                    mlflow.log_metrics({f"{mask}.best_{k}": s["best"][k] for k in evaluation.METRICS if s["best"][k] is not None})
-    write_json(paths.metrics / "eval.json", {"masks": per_mask, "cells": len(df), "failed_cells": len(failed),
-                                             "runtime": prec.facts(), "unavailable": unavailable})
-    for mask, s in per_mask.items():
-        print(headline(mask, s))
-    print(f"eval_grid: {len(df)} cells ({len(failed)} failed) over {len(trajectories)} trajectories, {prec.describe()} "
-          f"-> {paths.results}")
+        (out / "grid.md").write_text(markdown(df, result, unavailable, p.confidence))
+        result.comparisons.to_csv(out / "grid_comparisons.csv", index=False)
+        result.comparisons.to_parquet(out / "grid_comparisons.parquet", index=False)
+        grid_stats.per_image_table(cells, halves).to_parquet(out / "grid_per_image.parquet", index=False)
+        for name, fig in pictures.items():
+            figures.save(fig, out / name, close=False)
+    write_json(paths.metrics / "eval.json", _clean({
+        "masks": per_mask, "cells": len(df), "failed_cells": int((df.status != "ok").sum()),
+        "confidence": p.confidence, "bootstrap_resamples": p.bootstrap_resamples, "replicates": p.replicates,
+        "selection_images": len(halves.selection), "report_images": len(halves.report), "correction": CORRECTION,
+        "runtime": data.precision.facts(), "unavailable": unavailable, "no_interval": no_interval}))
+    try:
+        _log(paths, p, spec, df, result, pictures, data.precision, unavailable)
+    except Exception as error:  # noqa: BLE001 - any store failure: the results on disk stand
+        message = (f"MLflow store {tracking.tracking_uri()} could not take the grid ({type(error).__name__}: {error}); "
+                   f"results/ and metrics/eval.json are complete. Not logged: the parent run, {len(df)} child runs, "
+                   f"{len(pictures)} figures. Once the store is up, `dvc repro --force eval_grid` logs them (every cell comes from the cache).")
+        warnings.warn(message, TrackingUnavailable, stacklevel=2)
+        (paths.results / "NOT_LOGGED.txt").write_text(message + "\n")
+    finally:
+        for fig in pictures.values():
+            figures.close(fig)
+    for mask in p.masks:
+        kind = int(((df["mask"] == mask) & (df.method == "maskgit") & (df.status == "ok")).sum())
+        for metric in HEADLINE_METRICS:
+            print(headline(mask, metric, result.picks.get(mask, {}).get(metric), kind))
+    print(f"eval_grid: {len(df)} cells ({int((df.status != 'ok').sum())} failed) over {len(trajectories)} trajectories, "
+          f"{p.confidence:.0%} intervals from {p.bootstrap_resamples} resamples, {data.precision.describe()} -> {paths.results}")
     return per_mask
-
-
-def headline(mask: str, s: dict) -> str:
-    """One line per mask kind: the best cells against the baselines."""
-    best, real, telea, ceiling = s["best"], s["most_realistic"], s["telea"], s["vq_ceiling"]
-    if best is None:
-        return f"eval_grid [{mask}]: every decoded cell failed"
-    return (f"eval_grid [{mask}]: best {best['schedule']} T={best['T']} k={best['sweet_spot']}: PSNR(masked) "
-            f"{best['psnr_masked']:.2f} dB (Telea {telea['psnr_masked']:.2f}, VQGAN ceiling {ceiling['psnr_masked']:.2f}); "
-            f"most realistic {real['schedule']} T={real['T']} k={real['sweet_spot']}: SWD(masked) {real['swd_masked']:.1f} "
-            f"(Telea {telea['swd_masked']:.1f}, ceiling {ceiling['swd_masked']:.1f})")

@@ -6,6 +6,9 @@ channel, and compared by the mean Wasserstein-1 distance of their 1-D
 projections on random directions. Patches are taken at the same positions in
 both sets (less variance than independent draws; identical sets score 0), with
 centres inside the mask for the masked-region variant. Reported x 1e3.
+
+Every patch remembers its image, so the distance can be recomputed on any subset of
+the images (a held-out half) and bootstrapped over images (`PatchSets.bootstrap`).
 """
 from __future__ import annotations
 
@@ -34,15 +37,20 @@ def laplacian_pyramid(images: torch.Tensor, levels: int) -> list[torch.Tensor]:
 class PatchSets:
     """Accumulates paired patch descriptors of generated and real images, batch by batch."""
 
-    def __init__(self, levels: int = 3, patch: int = 7, per_image: int = 64, seed: int = 0):
-        self.levels, self.patch, self.per_image = levels, patch, per_image
+    def __init__(self, levels: int = 3, patch: int = 7, per_image: int = 64, seed: int = 0, directions: int = 128):
+        self.levels, self.patch, self.per_image, self.directions = levels, patch, per_image, directions
         self.generator = torch.Generator().manual_seed(seed)
         self.fake: list[list[torch.Tensor]] = [[] for _ in range(levels)]
         self.real: list[list[torch.Tensor]] = [[] for _ in range(levels)]
+        self.owner: list[list[torch.Tensor]] = [[] for _ in range(levels)]  # image index of every patch
+        self.images = 0  # images added so far
+        self._projections: list[torch.Tensor] | None = None
 
     def add(self, fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """fake, real: (B, 3, H, W); mask: (B, 1, H, W) bool or None (whole image)."""
         p = self.patch
+        ids = self.images + torch.arange(len(fake))
+        self.images += len(fake)
         for level, (f, r) in enumerate(zip(laplacian_pyramid(fake, self.levels), laplacian_pyramid(real, self.levels))):
             B, C, H, W = f.shape
             if H < p or W < p:
@@ -59,20 +67,131 @@ class PatchSets:
             centres = torch.multinomial(weights[usable], self.per_image, replacement=True, generator=self.generator)
             for sets, img in ((self.fake[level], f), (self.real[level], r)):
                 sets.append(_patches(img[usable.to(img.device)].cpu(), centres, p))
+            self.owner[level].append(ids[usable].repeat_interleave(self.per_image))
 
-    def distance(self, directions: int = 128) -> float:
-        """Mean over levels of the sliced Wasserstein distance, x 1e3."""
+    def _levels(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per level with patches: (fake (M, D), real (M, D), owner (M,), unit directions (D, directions))."""
+        filled = [level for level in range(self.levels) if self.fake[level]]
+        if self._projections is None:  # drawn once, so every subset and resample is measured along the same lines
+            dims = [torch.cat(self.fake[level]).shape[1] for level in filled]
+            self._projections = [_unit_directions(d, self.directions, self.generator) for d in dims]
+        return [(torch.cat(self.fake[level]), torch.cat(self.real[level]), torch.cat(self.owner[level]), proj)
+                for level, proj in zip(filled, self._projections)]
+
+    def distance(self, images: torch.Tensor | None = None) -> float:
+        """Mean over levels of the sliced Wasserstein distance, x 1e3; `images` (indices) restricts it to a subset."""
         per_level = []
-        for fake, real in zip(self.fake, self.real):
-            if not fake:
+        for fake, real, owner, proj in self._levels():
+            if images is not None:
+                keep = torch.isin(owner, torch.as_tensor(images))
+                fake, real = fake[keep], real[keep]
+            if len(fake) < 2:
                 continue
-            a, b = _normalise(torch.cat(fake)), _normalise(torch.cat(real))  # (M, D)
-            proj = torch.randn(a.shape[1], directions, generator=self.generator)
-            proj = proj / proj.norm(dim=0, keepdim=True)  # (D, directions) unit vectors
-            per_level.append((torch.sort(a @ proj, 0).values - torch.sort(b @ proj, 0).values).abs().mean())
+            a, b = _normalise(fake) @ proj, _normalise(real) @ proj  # (M, directions)
+            per_level.append((torch.sort(a, 0).values - torch.sort(b, 0).values).abs().mean())
         if not per_level:
             return float("nan")
         return float(torch.stack(per_level).mean() * 1e3)
+
+    def bootstrap(self, counts: torch.Tensor, bins: int = 128) -> torch.Tensor:
+        """The distance under each row of `counts` (R, images), how often each image is drawn; (R,) x 1e3.
+
+        Sorting every resample would cost R sorts per level. Instead each direction's
+        projections are binned once at quantile edges, a resample's CDF is one matrix
+        product of the counts with the per-image cumulative histograms, and each 1-D
+        distance is the area between two CDFs (trapezoid rule). A resample's own
+        normalisation moves its projections by a per-direction affine map (its exact
+        mean and scale, the channel mix regressed on the projection); the CDFs are
+        re-read through that map. Binning biases the level a little, not the spread:
+        `resample` centres the replicates on the exact `distance()`.
+        """
+        counts = counts.float()
+        per_level = []
+        for fake, real, owner, proj in self._levels():
+            sides = [_Projected(d, owner, proj, self.images) for d in (fake, real)]
+            pooled = torch.cat([side.values for side in sides])  # (2M, K)
+            inner = torch.quantile(pooled[:: max(1, len(pooled) // 8192)], torch.linspace(0, 1, bins + 1)[1:-1], dim=0)
+            edges = torch.cat([pooled.min(0, keepdim=True).values, inner, pooled.max(0, keepdim=True).values]).T.contiguous()  # (K, E)
+            fake_side, real_side = sides
+            slope_f, shift_f = fake_side.renormalisation(counts)
+            slope_r, shift_r = real_side.renormalisation(counts)
+            # Both sets move by their own affine map; measured in the real set's old coordinates,
+            # only the fake CDF needs re-reading, and the area scales by the real set's slope.
+            points = (slope_r[..., None] * edges[None] + (shift_r - shift_f)[..., None]) / slope_f[..., None]  # (R, K, E)
+            fake_cdf = _interpolate(fake_side.cdf(counts, edges), edges, points)
+            diff = (fake_cdf - real_side.cdf(counts, edges)).abs()
+            area = slope_r * ((diff[..., 1:] + diff[..., :-1]) / 2 * (edges[:, 1:] - edges[:, :-1])).sum(-1)  # (R, K)
+            per_level.append(area.mean(-1))
+        if not per_level:
+            return torch.full((len(counts),), float("nan"))
+        return torch.stack(per_level).mean(0) * 1e3
+
+    def resample(self, groups: list[tuple[torch.Tensor, torch.Tensor | None]]) -> list[torch.Tensor]:
+        """Bootstrap replicates of `distance(images)` for each (counts (R, images), images or None for all) group.
+
+        Counts are zero off each group's subset. The binned replicates keep their spread and are
+        centred on the subset's exact distance; all groups share one binning.
+        """
+        bases = [torch.ones(1, self.images) if images is None
+                 else torch.zeros(1, self.images).index_fill_(1, torch.as_tensor(images), 1.0) for _, images in groups]
+        binned = self.bootstrap(torch.cat([row for base, (counts, _) in zip(bases, groups) for row in (base, counts.float())]))
+        out, at = [], 0
+        for counts, images in groups:
+            out.append(binned[at + 1:at + 1 + len(counts)] - binned[at] + self.distance(images))
+            at += 1 + len(counts)
+        return out
+
+
+class _Projected:
+    """One patch set's normalised projections, with what a resample needs to re-normalise them cheaply."""
+
+    def __init__(self, descriptors: torch.Tensor, owner: torch.Tensor, proj: torch.Tensor, images: int):
+        M, D = descriptors.shape
+        d = descriptors.view(M, 3, D // 3)
+        self.images, self.owner, self.per_channel = images, owner, D // 3
+        self.mean, self.std = d.mean(dim=(0, 2)), d.std(dim=(0, 2)).clamp(min=1e-8)  # (3,): the full set's normalisation
+        blocks = proj.view(3, D // 3, -1)  # (3, P, K): each channel's part of every direction
+        parts = torch.einsum("mcp,cpk->cmk", (d - self.mean[None, :, None]) / self.std[None, :, None], blocks)  # (3, M, K)
+        self.values = parts.sum(0)  # (M, K) = _normalise(descriptors) @ proj
+        centred = self.values - self.values.mean(0)
+        # How much of the projection each channel carries: a change of one channel's scale moves it by that share.
+        self.share = torch.einsum("cmk,mk->ck", parts - parts.mean(1, keepdim=True), centred) / centred.pow(2).sum(0).clamp(min=1e-12)  # (3, K)
+        self.channel_sums = blocks.sum(1)  # (3, K)
+        self.sums = torch.zeros(images, 3).index_add_(0, owner, d.sum(2))  # per image and channel: sum, sum of squares
+        self.squares = torch.zeros(images, 3).index_add_(0, owner, d.pow(2).sum(2))
+        self.rows = torch.bincount(owner, minlength=images).float()  # patches per image
+
+    def cdf(self, counts: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        """(R, K, E): each resample's CDF of the (full-set normalised) projections at `edges` (K, E)."""
+        K, E = edges.shape
+        below = torch.searchsorted(edges, self.values.T.contiguous())  # (K, M): first edge >= value
+        flat = (self.owner[None, :] * K + torch.arange(K)[:, None]) * E + below
+        hist = torch.zeros(self.images * K * E).index_add_(0, flat.flatten(), torch.ones(flat.numel()))
+        cdf = (counts @ hist.view(self.images, K, E).cumsum(-1).view(self.images, K * E)).view(-1, K, E)
+        return cdf / (counts @ self.rows).clamp(min=1)[:, None, None]
+
+    def renormalisation(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slope, shift), each (R, K): a resample's own normalisation maps a projection v to about slope * v + shift."""
+        n = (counts @ self.rows)[:, None] * self.per_channel  # values per channel drawn
+        mean = (counts @ self.sums) / n  # (R, 3), exact, from per-image sums
+        var = ((counts @ self.squares) / n - mean.pow(2)).clamp(min=0) * n / (n - 1).clamp(min=1)
+        std = var.sqrt().clamp(min=1e-8)
+        return 1 + (self.std / std - 1) @ self.share, ((self.mean - mean) / std) @ self.channel_sums
+
+
+def _interpolate(cdf: torch.Tensor, edges: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """CDFs known at `edges` (K, E), values (R, K, E), read at `points` (R, K, E) by linear interpolation."""
+    grid = edges[None].expand_as(points).contiguous()
+    upper = torch.searchsorted(grid, points.contiguous()).clamp(1, edges.shape[1] - 1)
+    lo_x, hi_x = grid.gather(-1, upper - 1), grid.gather(-1, upper)
+    lo_f, hi_f = cdf.gather(-1, upper - 1), cdf.gather(-1, upper)
+    inside = lo_f + ((points - lo_x) / (hi_x - lo_x).clamp(min=1e-12)).clamp(0, 1) * (hi_f - lo_f)
+    return inside.masked_fill(points < edges[None, :, :1], 0.0).masked_fill(points > edges[None, :, -1:], 1.0)
+
+
+def _unit_directions(dims: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    proj = torch.randn(dims, count, generator=generator)
+    return proj / proj.norm(dim=0, keepdim=True)  # (dims, count) unit vectors
 
 
 def _patches(images: torch.Tensor, centres: torch.Tensor, p: int) -> torch.Tensor:

@@ -85,15 +85,16 @@ def runtime_params(prec: runtime.Precision) -> dict[str, str]:
     return {f"runtime.{k}": str(v) for k, v in prec.facts().items()}
 
 
-def log_child_runs(parent: mlflow.ActiveRun, rows: list[dict], name_keys: list[str], metric_keys: list[str]) -> list[str]:
-    """One nested child run per row (a grid cell): name keys as params, metric keys as metrics."""
+def log_child_runs(parent: mlflow.ActiveRun, rows: list[dict], name_keys: list[str], metric_keys: list[str],
+                   tags: list[dict[str, str]] | None = None) -> list[str]:
+    """One nested child run per row (a grid cell): name keys as params, metric keys as metrics, optional tags per row."""
     client = MlflowClient(tracking_uri())
     eid = parent.info.experiment_id
     ids = []
     now = int(time.time() * 1000)
-    for row in rows:
+    for i, row in enumerate(rows):
         name = "/".join(f"{k}={row[k]}" for k in name_keys)
-        child = client.create_run(eid, run_name=name, tags={"mlflow.parentRunId": parent.info.run_id})
+        child = client.create_run(eid, run_name=name, tags={"mlflow.parentRunId": parent.info.run_id, **(tags[i] if tags else {})})
         metrics = [Metric(k, float(row[k]), now, 0) for k in metric_keys if row.get(k) is not None]
         client.log_batch(child.info.run_id, metrics=metrics, params=[Param(k, str(row[k])) for k in name_keys])
         client.set_terminated(child.info.run_id)
