@@ -12,6 +12,10 @@ the images (a held-out half) and bootstrapped over images (`PatchSets.bootstrap`
 """
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 
@@ -45,6 +49,8 @@ class PatchSets:
         self.owner: list[list[torch.Tensor]] = [[] for _ in range(levels)]  # image index of every patch
         self.images = 0  # images added so far
         self._projections: list[torch.Tensor] | None = None
+        self._distances: dict[bytes | None, float] = {}  # by subset: a grid asks for each a few times
+        self._sorted: list[tuple[torch.Tensor, torch.Tensor]] = []  # per level: both sets' sorted projections, all images
 
     def add(self, fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """fake, real: (B, 3, H, W); mask: (B, 1, H, W) bool or None (whole image)."""
@@ -68,6 +74,8 @@ class PatchSets:
             for sets, img in ((self.fake[level], f), (self.real[level], r)):
                 sets.append(_patches(img[usable.to(img.device)].cpu(), centres, p))
             self.owner[level].append(ids[usable].repeat_interleave(self.per_image))
+        self._distances.clear()
+        self._sorted.clear()
 
     def _levels(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per level with patches: (fake (M, D), real (M, D), owner (M,), unit directions (D, directions))."""
@@ -78,17 +86,31 @@ class PatchSets:
         return [(torch.cat(self.fake[level]), torch.cat(self.real[level]), torch.cat(self.owner[level]), proj)
                 for level, proj in zip(filled, self._projections)]
 
+    def _real_keys(self) -> list[bytes]:
+        """Per level, a digest of the real side: every cell of a mask kind shares it (same images, positions, directions)."""
+        return [_digest(real, owner, proj) for _, real, owner, proj in self._levels()]
+
     def distance(self, images: torch.Tensor | None = None) -> float:
         """Mean over levels of the sliced Wasserstein distance, x 1e3; `images` (indices) restricts it to a subset."""
+        key = None if images is None else torch.as_tensor(images).numpy().tobytes()
+        if key not in self._distances:
+            self._distances[key] = self._distance(images)
+        return self._distances[key]
+
+    def _distance(self, images: torch.Tensor | None) -> float:
         per_level = []
-        for fake, real, owner, proj in self._levels():
+        subset = b"" if images is None else torch.as_tensor(images).numpy().tobytes()
+        for (fake, real, owner, proj), real_key in zip(self._levels(), self._real_keys()):
             if images is not None:
                 keep = torch.isin(owner, torch.as_tensor(images))
                 fake, real = fake[keep], real[keep]
             if len(fake) < 2:
                 continue
-            a, b = _normalise(fake) @ proj, _normalise(real) @ proj  # (M, directions)
-            per_level.append((torch.sort(a, 0).values - torch.sort(b, 0).values).abs().mean())
+            a = torch.sort(_normalise(fake) @ proj, 0).values  # (M, directions)
+            b = _shared(real_key + b"sorted" + subset, lambda: torch.sort(_normalise(real) @ proj, 0).values)
+            if images is None:
+                self._sorted.append((a, b))
+            per_level.append((a - b).abs().mean())
         if not per_level:
             return float("nan")
         return float(torch.stack(per_level).mean() * 1e3)
@@ -97,30 +119,38 @@ class PatchSets:
         """The distance under each row of `counts` (R, images), how often each image is drawn; (R,) x 1e3.
 
         Sorting every resample would cost R sorts per level. Instead each direction's
-        projections are binned once at quantile edges, a resample's CDF is one matrix
-        product of the counts with the per-image cumulative histograms, and each 1-D
-        distance is the area between two CDFs (trapezoid rule). A resample's own
-        normalisation moves its projections by a per-direction affine map (its exact
-        mean and scale, the channel mix regressed on the projection); the CDFs are
-        re-read through that map. Binning biases the level a little, not the spread:
-        `resample` centres the replicates on the exact `distance()`.
+        projections are binned once at the real set's quantiles, a resample's CDF is one
+        matrix product of the counts with the per-image cumulative histograms, and each
+        1-D distance the area between the two CDFs (trapezoid rule). A resample's own
+        normalisation moves each set's projections by about an affine map (its exact mean
+        and scale per channel, the channel mix regressed on the projection); its effect
+        on the distance is added to first order, from the full sets' sorted projections.
+        Binning biases the level a little, not the spread: `resample` centres the
+        replicates on the exact `distance()`.
         """
         counts = counts.float()
+        self.distance()  # the full sets' sorted projections
+        counts_key = hashlib.sha1(counts.numpy().tobytes()).digest() + bins.to_bytes(4, "little")
         per_level = []
-        for fake, real, owner, proj in self._levels():
-            sides = [_Projected(d, owner, proj, self.images) for d in (fake, real)]
-            pooled = torch.cat([side.values for side in sides])  # (2M, K)
-            inner = torch.quantile(pooled[:: max(1, len(pooled) // 8192)], torch.linspace(0, 1, bins + 1)[1:-1], dim=0)
-            edges = torch.cat([pooled.min(0, keepdim=True).values, inner, pooled.max(0, keepdim=True).values]).T.contiguous()  # (K, E)
-            fake_side, real_side = sides
+        for (fake, real, owner, proj), real_key, (a, b) in zip(self._levels(), self._real_keys(), self._sorted):
+            real_side = _shared(real_key + b"projected", lambda: _Projected(real, owner, proj, self.images))
+            # Edges at the real set's quantiles: the real side's CDFs are then the same for every cell, and shared.
+            real_edges = _shared(real_key + b"edges" + str(bins).encode(), lambda: _quantile_edges(real_side.values, bins))
+            real_cdf, slope_r, shift_r = _shared(real_key + b"cdf" + counts_key, lambda: (
+                real_side.cdf(counts, real_edges), *real_side.renormalisation(counts)))
+            fake_side = _Projected(fake, owner, proj, self.images)
+            # The outer edges take in the fake values beyond the real range (the real CDF is 0 and 1 there).
+            edges = real_edges.clone()
+            edges[:, 0] = torch.minimum(edges[:, 0], fake_side.values.min(0).values)
+            edges[:, -1] = torch.maximum(edges[:, -1], fake_side.values.max(0).values)
+            diff = (fake_side.cdf(counts, edges) - real_cdf).abs()  # (R, K, E)
+            area = ((diff[..., 1:] + diff[..., :-1]) / 2 * (edges[:, 1:] - edges[:, :-1])).sum(-1)  # (R, K)
+            # Renormalised, fake -> slope_f * v + shift_f and real -> slope_r * v + shift_r: to first order
+            # the distance is slope_r * (area + (slope_f / slope_r - 1) * E[sign * fake] + (shift_f - shift_r) / slope_r * E[sign]).
             slope_f, shift_f = fake_side.renormalisation(counts)
-            slope_r, shift_r = real_side.renormalisation(counts)
-            # Both sets move by their own affine map; measured in the real set's old coordinates,
-            # only the fake CDF needs re-reading, and the area scales by the real set's slope.
-            points = (slope_r[..., None] * edges[None] + (shift_r - shift_f)[..., None]) / slope_f[..., None]  # (R, K, E)
-            fake_cdf = _interpolate(fake_side.cdf(counts, edges), edges, points)
-            diff = (fake_cdf - real_side.cdf(counts, edges)).abs()
-            area = slope_r * ((diff[..., 1:] + diff[..., :-1]) / 2 * (edges[:, 1:] - edges[:, :-1])).sum(-1)  # (R, K)
+            sign = torch.sign(a - b)  # (M, K): where the fake quantile lies above the real one
+            scale_term, shift_term = (sign * a).mean(0), sign.mean(0)  # (K,)
+            area = slope_r * (area + (slope_f / slope_r - 1) * scale_term + (shift_f - shift_r) / slope_r * shift_term)
             per_level.append(area.mean(-1))
         if not per_level:
             return torch.full((len(counts),), float("nan"))
@@ -164,7 +194,7 @@ class _Projected:
     def cdf(self, counts: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
         """(R, K, E): each resample's CDF of the (full-set normalised) projections at `edges` (K, E)."""
         K, E = edges.shape
-        below = torch.searchsorted(edges, self.values.T.contiguous())  # (K, M): first edge >= value
+        below = torch.searchsorted(edges, self.values.T.contiguous()).clamp(max=E - 1)  # (K, M): first edge >= value
         flat = (self.owner[None, :] * K + torch.arange(K)[:, None]) * E + below
         hist = torch.zeros(self.images * K * E).index_add_(0, flat.flatten(), torch.ones(flat.numel()))
         cdf = (counts @ hist.view(self.images, K, E).cumsum(-1).view(self.images, K * E)).view(-1, K, E)
@@ -179,14 +209,37 @@ class _Projected:
         return 1 + (self.std / std - 1) @ self.share, ((self.mean - mean) / std) @ self.channel_sums
 
 
-def _interpolate(cdf: torch.Tensor, edges: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """CDFs known at `edges` (K, E), values (R, K, E), read at `points` (R, K, E) by linear interpolation."""
-    grid = edges[None].expand_as(points).contiguous()
-    upper = torch.searchsorted(grid, points.contiguous()).clamp(1, edges.shape[1] - 1)
-    lo_x, hi_x = grid.gather(-1, upper - 1), grid.gather(-1, upper)
-    lo_f, hi_f = cdf.gather(-1, upper - 1), cdf.gather(-1, upper)
-    inside = lo_f + ((points - lo_x) / (hi_x - lo_x).clamp(min=1e-12)).clamp(0, 1) * (hi_f - lo_f)
-    return inside.masked_fill(points < edges[None, :, :1], 0.0).masked_fill(points > edges[None, :, -1:], 1.0)
+def _quantile_edges(values: torch.Tensor, bins: int) -> torch.Tensor:
+    """(K, bins + 1) edges per direction of (M, K) values: the extremes and the inner quantiles (of a subsample)."""
+    inner = torch.quantile(values[:: max(1, len(values) // 8192)], torch.linspace(0, 1, bins + 1)[1:-1], dim=0)
+    return torch.cat([values.min(0, keepdim=True).values, inner, values.max(0, keepdim=True).values]).T.contiguous()
+
+
+# The real side of a grid's patch sets is the same in every cell of a mask kind: what is
+# computed from it alone (sorted projections, CDFs under the resamples) is kept here.
+_SHARED: OrderedDict[bytes, object] = OrderedDict()
+_SHARED_ENTRIES = 96
+_shared_lock = threading.Lock()
+
+
+def _shared(key: bytes, make):
+    with _shared_lock:
+        if key in _SHARED:
+            _SHARED.move_to_end(key)
+            return _SHARED[key]
+    value = make()
+    with _shared_lock:
+        _SHARED[key] = value
+        while len(_SHARED) > _SHARED_ENTRIES:
+            _SHARED.popitem(last=False)
+    return value
+
+
+def _digest(*tensors: torch.Tensor) -> bytes:
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    return h.digest()
 
 
 def _unit_directions(dims: int, count: int, generator: torch.Generator) -> torch.Tensor:
