@@ -150,6 +150,7 @@ class SetLevel:
     selection: float = float("nan")  # on the selection half (held-out metrics only)
     report: float = float("nan")  # on the report half
     report_replicates: np.ndarray | None = None  # (resamples,) under the resamples of the report half
+    per_replicate: tuple[float, ...] = ()  # the value under each Gumbel stream (replicates > 1), averaged into `value`
 
 
 @dataclass
@@ -168,7 +169,8 @@ class Evidence:
             return None if values[0] is None else np.mean(values, axis=0)
 
         set_level = {m: SetLevel(*(avg([getattr(p.set_level[m], f) for p in parts])
-                                   for f in ("value", "replicates", "selection", "report", "report_replicates")))
+                                   for f in ("value", "replicates", "selection", "report", "report_replicates")),
+                                 per_replicate=tuple(p.set_level[m].value for p in parts) if len(parts) > 1 else ())
                      for m in parts[0].set_level}
         for level in set_level.values():
             level.value, level.selection, level.report = float(level.value), float(level.selection), float(level.report)
