@@ -154,7 +154,11 @@ def _not_json(constant: str):
 
 
 def test_a_failing_cell_is_retried_then_marked_while_the_grid_finishes(prefect_server, grid_project, monkeypatch):
+    import flows.eval_grid as grid_flow
     from flows.eval_grid import eval_grid
+
+    for name in ("trajectory", "telea", "vq_ceiling"):  # the same retries, without their 5 s pauses
+        monkeypatch.setattr(grid_flow, name, getattr(grid_flow, name).with_options(retry_delay_seconds=0))
 
     write_tiny_params(grid_project / "params.yaml", eval={"seed": 7, "masks": ["center"], "T": [3]})  # a new seed: no cache hits
     flaky, broken = ("center", "linear", 3), ("center", "cosine", 3)
