@@ -29,17 +29,13 @@ class TrackingUnavailable(UserWarning):
 
 
 def unavailable_metrics(spec: evaluation.GridSpec) -> dict[str, str]:
-    """Metric column -> why it has no values (its pretrained backbone is missing, or no interval is computed)."""
+    """Metric column -> why it has no values (its pretrained backbone is missing)."""
     data = evaluation.load_data(spec)
     reasons = {}
     for backbone, columns in ((data.lpips, ("lpips", "lpips_masked")), (data.fid, ("fid",))):
         if not backbone.available:
             reasons.update({c: backbone.reason for c in columns})
     return reasons
-
-
-def _json_value(v):
-    return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else v
 
 
 def _clean(obj):
@@ -50,7 +46,7 @@ def _clean(obj):
         return [_clean(v) for v in obj]
     if isinstance(obj, (np.floating, np.integer)):
         obj = obj.item()
-    return _json_value(obj)
+    return None if isinstance(obj, float) and not np.isfinite(obj) else obj
 
 
 def mask_summary(df: pd.DataFrame, result: grid_stats.GridStats, mask: str) -> dict:

@@ -25,6 +25,7 @@ LOWER_IS_BETTER = frozenset({"swd", "swd_masked", "lpips", "lpips_masked", "fid"
 REFERENCES = ("best", "telea", "vq_ceiling", "t1")  # what every cell is compared with
 BASELINES = ("telea", "vq_ceiling", "t1")
 CELL_KEYS = ["method", "mask", "schedule", "T", "sweet_spot"]
+COMPARISON_COLUMNS = ["metric", "reference", "reference_cell", "images", "difference", "lo", "hi", "p", "p_holm", "verdict"]
 NO_INTERVAL = {"fid": "resampling FID needs a 2048-d covariance and matrix root per resample and cell; its column is a point value"}
 
 
@@ -168,8 +169,6 @@ def compute(cells: list[evaluation.Cell], halves: stats.Split, settings: Setting
     table = evaluation.table([{**c.row, **extra[id(c)]} for c in cells], evaluation.COLUMNS + interval_columns + verdict_columns)
     return GridStats(table, pd.DataFrame(comparisons, columns=CELL_KEYS + COMPARISON_COLUMNS), picks)
 
-
-COMPARISON_COLUMNS = ["metric", "reference", "reference_cell", "images", "difference", "lo", "hi", "p", "p_holm", "verdict"]
 
 
 def _pick(refs: dict, cells: list[evaluation.Cell], metric: str, halves: stats.Split, settings: Settings, extra: dict) -> Pick:

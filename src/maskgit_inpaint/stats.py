@@ -21,8 +21,6 @@ import numpy as np
 import torch
 from scipy import stats as scipy_stats
 
-VERDICTS = ("better", "worse", "tied")
-
 
 @dataclass(frozen=True)
 class Split:
