@@ -69,9 +69,9 @@ def _patch_sets(fake, real):
 def _exact_resample(sets: PatchSets, images: torch.Tensor) -> float:
     """The distance of a resample computed the slow way: rebuild the patch sets with the drawn images, sort."""
     per_level = []
-    for fake, real, owner, proj in sets._levels():
-        rows = torch.cat([torch.nonzero(owner == i).flatten() for i in images.tolist()])
-        a, b = _normalise(fake[rows]) @ proj, _normalise(real[rows]) @ proj
+    for level in sets._filled():
+        rows = torch.cat([torch.nonzero(level.owner == i).flatten() for i in images.tolist()])
+        a, b = _normalise(level.fake[rows]) @ level.proj, _normalise(level.real[rows]) @ level.proj
         per_level.append((torch.sort(a, 0).values - torch.sort(b, 0).values).abs().mean())
     return float(torch.stack(per_level).mean() * 1e3)
 

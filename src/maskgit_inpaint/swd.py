@@ -49,8 +49,8 @@ class PatchSets:
         self.owner: list[list[torch.Tensor]] = [[] for _ in range(levels)]  # image index of every patch
         self.images = 0  # images added so far
         self._projections: list[torch.Tensor] | None = None
+        self._levels: list[_Level] | None = None  # built from the batches when first measured
         self._distances: dict[bytes | None, float] = {}  # by subset: a grid asks for each a few times
-        self._sorted: list[tuple[torch.Tensor, torch.Tensor]] = []  # per level: both sets' sorted projections, all images
 
     def add(self, fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """fake, real: (B, 3, H, W); mask: (B, 1, H, W) bool or None (whole image)."""
@@ -74,21 +74,17 @@ class PatchSets:
             for sets, img in ((self.fake[level], f), (self.real[level], r)):
                 sets.append(_patches(img[usable.to(img.device)].cpu(), centres, p))
             self.owner[level].append(ids[usable].repeat_interleave(self.per_image))
-        self._distances.clear()
-        self._sorted.clear()
+        self._levels, self._distances = None, {}
 
-    def _levels(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per level with patches: (fake (M, D), real (M, D), owner (M,), unit directions (D, directions))."""
-        filled = [level for level in range(self.levels) if self.fake[level]]
-        if self._projections is None:  # drawn once, so every subset and resample is measured along the same lines
-            dims = [torch.cat(self.fake[level]).shape[1] for level in filled]
-            self._projections = [_unit_directions(d, self.directions, self.generator) for d in dims]
-        return [(torch.cat(self.fake[level]), torch.cat(self.real[level]), torch.cat(self.owner[level]), proj)
-                for level, proj in zip(filled, self._projections)]
-
-    def _real_keys(self) -> list[bytes]:
-        """Per level, a digest of the real side: every cell of a mask kind shares it (same images, positions, directions)."""
-        return [_digest(real, owner, proj) for _, real, owner, proj in self._levels()]
+    def _filled(self) -> list[_Level]:
+        """The levels with patches, their batches joined once."""
+        if self._levels is None:
+            filled = [level for level in range(self.levels) if self.fake[level]]
+            if self._projections is None:  # drawn once, so every subset and resample is measured along the same lines
+                self._projections = [_unit_directions(self.fake[level][0].shape[1], self.directions, self.generator) for level in filled]
+            self._levels = [_Level(torch.cat(self.fake[level]), torch.cat(self.real[level]), torch.cat(self.owner[level]), proj)
+                            for level, proj in zip(filled, self._projections)]
+        return self._levels
 
     def distance(self, images: torch.Tensor | None = None) -> float:
         """Mean over levels of the sliced Wasserstein distance, x 1e3; `images` (indices) restricts it to a subset."""
@@ -99,17 +95,14 @@ class PatchSets:
 
     def _distance(self, images: torch.Tensor | None) -> float:
         per_level = []
-        subset = b"" if images is None else torch.as_tensor(images).numpy().tobytes()
-        for (fake, real, owner, proj), real_key in zip(self._levels(), self._real_keys()):
-            if images is not None:
-                keep = torch.isin(owner, torch.as_tensor(images))
-                fake, real = fake[keep], real[keep]
-            if len(fake) < 2:
-                continue
-            a = torch.sort(_normalise(fake) @ proj, 0).values  # (M, directions)
-            b = _shared(real_key + b"sorted" + subset, lambda: torch.sort(_normalise(real) @ proj, 0).values)
+        for level in self._filled():
             if images is None:
-                self._sorted.append((a, b))
+                a, b = level.sorted_projections()
+            else:
+                keep = torch.isin(level.owner, torch.as_tensor(images))
+                if keep.sum() < 2:
+                    continue
+                a, b = level.sorted_projections(keep, torch.as_tensor(images).numpy().tobytes())
             per_level.append((a - b).abs().mean())
         if not per_level:
             return float("nan")
@@ -129,16 +122,16 @@ class PatchSets:
         replicates on the exact `distance()`.
         """
         counts = counts.float()
-        self.distance()  # the full sets' sorted projections
         counts_key = hashlib.sha1(counts.numpy().tobytes()).digest() + bins.to_bytes(4, "little")
         per_level = []
-        for (fake, real, owner, proj), real_key, (a, b) in zip(self._levels(), self._real_keys(), self._sorted):
-            real_side = _shared(real_key + b"projected", lambda: _Projected(real, owner, proj, self.images))
+        for level in self._filled():
+            a, b = level.sorted_projections()
+            real_side = _shared(level.real_key + b"projected", lambda: _Projected(level.real, level.owner, level.proj, self.images))
             # Edges at the real set's quantiles: the real side's CDFs are then the same for every cell, and shared.
-            real_edges = _shared(real_key + b"edges" + str(bins).encode(), lambda: _quantile_edges(real_side.values, bins))
-            real_cdf, slope_r, shift_r = _shared(real_key + b"cdf" + counts_key, lambda: (
+            real_edges = _shared(level.real_key + b"edges" + str(bins).encode(), lambda: _quantile_edges(real_side.values, bins))
+            real_cdf, slope_r, shift_r = _shared(level.real_key + b"cdf" + counts_key, lambda: (
                 real_side.cdf(counts, real_edges), *real_side.renormalisation(counts)))
-            fake_side = _Projected(fake, owner, proj, self.images)
+            fake_side = _Projected(level.fake, level.owner, level.proj, self.images)
             # The outer edges take in the fake values beyond the real range (the real CDF is 0 and 1 there).
             edges = real_edges.clone()
             edges[:, 0] = torch.minimum(edges[:, 0], fake_side.values.min(0).values)
@@ -170,6 +163,27 @@ class PatchSets:
             out.append(binned[at + 1:at + 1 + len(counts)] - binned[at] + self.distance(images))
             at += 1 + len(counts)
         return out
+
+
+class _Level:
+    """One pyramid level's paired patches, the image of each, and its directions."""
+
+    def __init__(self, fake: torch.Tensor, real: torch.Tensor, owner: torch.Tensor, proj: torch.Tensor):
+        self.fake, self.real, self.owner, self.proj = fake, real, owner, proj  # (M, D), (M, D), (M,), (D, K)
+        # Every cell of a mask kind has the same real side (same images, positions, directions): shared by this key.
+        self.real_key = _digest(real, owner, proj)
+        self._all: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def sorted_projections(self, keep: torch.Tensor | None = None, subset: bytes = b"") -> tuple[torch.Tensor, torch.Tensor]:
+        """(fake, real) normalised projections, each sorted per direction (M, K): of all patches or the `keep` rows."""
+        if keep is None and self._all is not None:
+            return self._all
+        fake, real = (self.fake, self.real) if keep is None else (self.fake[keep], self.real[keep])
+        a = torch.sort(_normalise(fake) @ self.proj, 0).values
+        b = _shared(self.real_key + b"sorted" + subset, lambda: torch.sort(_normalise(real) @ self.proj, 0).values)
+        if keep is None:
+            self._all = a, b
+        return a, b
 
 
 class _Projected:
