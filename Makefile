@@ -1,17 +1,15 @@
 # Two commands do all set-up on a fresh machine:
 #   make run   - create .venv/, install the pinned stack + this package, run `dvc repro`
 #   make test  - same set-up, then the test suite (slow end-to-end tests: make test-slow)
+#   make deps  - after adding or removing an import: rewrite the code deps of dvc.yaml
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-export DVC_NO_ANALYTICS := 1
-export MLFLOW_DISABLE_TELEMETRY := true
-export PREFECT_HOME ?= $(CURDIR)/.prefect
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Prefect / MLflow / DVC settings: src/maskgit_inpaint/environment.py (one table, applied on import).
 
-.PHONY: run test test-slow bench ui clean
+.PHONY: run test test-slow bench deps ui clean
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -33,8 +31,12 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; python $$b || exit 1; done
 
+# Rewrite the code deps of dvc.yaml from each stage's import closure (tests/test_dag.py checks them).
+deps: $(STAMP)
+	python -m maskgit_inpaint.dag
+
 ui: $(STAMP)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db --workers 1 --port 5000
+	python -m maskgit_inpaint mlflow ui --backend-store-uri sqlite:///mlflow.db --workers 1 --port 5000
 
 clean:
 	rm -rf data models results metrics checkpoints mlflow.db mlartifacts .prefect

@@ -28,7 +28,7 @@ from maskgit_inpaint import config, masks, runtime, sampling
 from maskgit_inpaint.models.losses import LossConfig, PatchDiscriminator, TokenizerLoss
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer, TransformerConfig
 from maskgit_inpaint.models.vqgan import VQGAN
-from maskgit_inpaint.masks import random_token_mask
+from maskgit_inpaint.training.masking import random_token_mask
 from maskgit_inpaint.training.transformer import mask_counts, masked_loss
 from maskgit_inpaint.training.transformer import model_config as transformer_model_config
 from maskgit_inpaint.training.vqgan import model_config

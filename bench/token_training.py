@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from maskgit_inpaint import config, runtime
-from maskgit_inpaint.masks import random_token_mask
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer, TransformerConfig
 from maskgit_inpaint.models.vqgan import VQGAN, VQGANConfig
+from maskgit_inpaint.training.masking import random_token_mask
 from maskgit_inpaint.training.transformer import mask_counts, masked_loss
 from maskgit_inpaint.training.transformer import model_config as transformer_config
 from maskgit_inpaint.training.vqgan import model_config

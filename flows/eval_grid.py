@@ -15,18 +15,13 @@ as deployment `eval-grid/default`.
 from __future__ import annotations
 
 import itertools
-import os
-from pathlib import Path
 
-os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+import maskgit_inpaint  # noqa: F401  (first: applies the environment defaults Prefect reads at import)
+from prefect import flow, task, unmapped
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.task_runners import ThreadPoolTaskRunner
 
-from prefect import flow, task, unmapped  # noqa: E402
-from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
-
-from maskgit_inpaint import config, evaluation, grid_report  # noqa: E402
+from maskgit_inpaint import config, evaluation, grid_report
 
 # Keyed by the task's inputs and its source: tasks that take the same GridSpec must not share entries.
 CELL_CACHE = INPUTS + TASK_SOURCE

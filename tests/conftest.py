@@ -16,17 +16,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = Path(__file__).with_name("tiny_params.yaml")
 
-# Before any import of prefect / mlflow / torch hub: they read these at import time.
+# Before any import of prefect / mlflow / torch hub: they read these at import time. Only what isolates
+# the tests is set here; the project's own defaults come from maskgit_inpaint.environment.
 _session_home = Path(tempfile.mkdtemp(prefix="maskgit-tests-"))
 os.environ["PREFECT_HOME"] = str(_session_home / "prefect")
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
-os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-os.environ["DVC_NO_ANALYTICS"] = "1"
 os.environ["TORCH_HOME"] = str(_session_home / "torch")
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(_session_home / "inductor")
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_session_home / 'mlflow.db'}"
+
+import maskgit_inpaint  # noqa: E402,F401  (applies the environment defaults)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -1,4 +1,7 @@
+import subprocess
+import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
@@ -48,3 +51,17 @@ def test_inconsistent_values_are_rejected(tmp_path):
 def test_missing_file_says_where_to_run(tmp_path):
     with pytest.raises(config.ParamsError, match="not found"):
         config.load(tmp_path / "nope.yaml")
+
+
+def test_param_names_match_the_tables_they_name():
+    from maskgit_inpaint import masks, schedules
+
+    assert set(get_args(config.ScheduleName)) == set(schedules.SCHEDULES)
+    assert get_args(config.MaskKind) == masks.KINDS
+
+
+def test_loading_params_imports_no_torch():
+    # Every stage loads params: the shard stage (and its spawned workers) must stay free of torch.
+    code = "import sys; import stages.shard; from maskgit_inpaint import config; config.load(); print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from maskgit_inpaint import masks, sampling
+from maskgit_inpaint import masks, sampling, schedules
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer, TransformerConfig
+from maskgit_inpaint.training.masking import random_token_mask
 
 K, N = 16, 36
 
@@ -27,10 +28,10 @@ class Probe(nn.Module):
         return logits * 1000 if self.peaked else logits
 
 
-@pytest.mark.parametrize("name", sorted(sampling.SCHEDULES))
+@pytest.mark.parametrize("name", sorted(schedules.SCHEDULES))
 def test_schedules_decrease_from_one_to_zero(name):
     r = torch.linspace(0, 1, 101)
-    g = sampling.gamma(name, r, 256)
+    g = schedules.gamma(name, r, 256)
     assert g[0] >= 1 - 1 / 256 and g[-1] == pytest.approx(1e-6, abs=1e-5)  # exp starts at 1 - 1/N, as in MaskGIT
     assert torch.all(g[1:] <= g[:-1] + 1e-12)
 
@@ -39,7 +40,7 @@ def _inputs(b=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, K, (b, N), generator=g)
     counts = torch.tensor([20, 7, 1][:b])
-    return tokens, masks.random_token_mask(counts, N, g), counts
+    return tokens, random_token_mask(counts, N, g), counts
 
 
 def test_known_tokens_never_change_and_masks_are_filled():
@@ -58,7 +59,7 @@ def test_masked_counts_follow_the_schedule_per_image(schedule):
     sampling.decode(probe, tokens, token_mask, schedule, T, [T], generator=torch.Generator().manual_seed(1))
     assert probe.masked_seen[0] == counts.tolist()
     for t in range(1, T):
-        g = sampling.gamma(schedule, t / T, N).item()
+        g = schedules.gamma(schedule, t / T, N).item()
         for b, m in enumerate(counts.tolist()):
             still_before = probe.masked_seen[t - 1][b]
             expected = max(1, min(still_before - 1, math.floor(g * m))) if still_before > 0 else 0

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from maskgit_inpaint import masks, metrics, perceptual, runtime, sampling, stats, swd
+from maskgit_inpaint import imports, masks, metrics, perceptual, runtime, sampling, stats, swd
 from maskgit_inpaint.data import shards
 from maskgit_inpaint.data import tokens as token_store
 from maskgit_inpaint.io import sha256_file
@@ -40,8 +40,6 @@ PERCEPTUAL = ["lpips", "lpips_masked", "fid"]  # need pretrained backbones: NaN 
 METRICS = QUALITY + REALISM + PERCEPTUAL + ["seconds_per_image"]
 PER_IMAGE = QUALITY + ["lpips", "lpips_masked"]  # kept image by image in every cell's Evidence
 HELD_OUT = ("psnr_masked", "ssim_masked", "lpips_masked", "swd_masked")  # picked on one half, reported on the other
-# Sources whose change must invalidate cached grid cells.
-CODE = ("sampling.py", "evaluation.py", "metrics.py", "masks.py", "swd.py", "perceptual.py", "runtime.py", "stats.py")
 
 
 @dataclass(frozen=True)
@@ -69,9 +67,9 @@ class GridSpec:
 
 
 def fingerprint(vqgan_dir: Path, transformer_dir: Path, tokens_dir: Path) -> str:
-    here = Path(__file__).parent
+    """Both models' weights, the val tokens and every file the grid's cells run (this module's import closure)."""
     parts = [sha256_file(Path(vqgan_dir) / WEIGHTS), sha256_file(Path(transformer_dir) / WEIGHTS), sha256_file(Path(tokens_dir) / "val.npy")]
-    parts += [sha256_file(here / name) for name in CODE]
+    parts.append(imports.code_digest(__name__, [Path(__file__).resolve().parents[1]]))
     return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
 
 

@@ -110,9 +110,3 @@ def feather(mask: torch.Tensor, width: int) -> torch.Tensor:
         weight = torch.maximum(weight, ring * (1 - step / (width + 1)))
     return weight
 
-
-def random_token_mask(counts: torch.Tensor, n_tokens: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B,) counts -> (B, N) bool masks with exactly counts[b] positions chosen uniformly."""
-    scores = torch.rand(len(counts), n_tokens, generator=generator, device=counts.device)  # (B, N)
-    rank = scores.argsort(1).argsort(1)  # (B, N) rank of each position
-    return rank < counts[:, None]

@@ -1,8 +1,7 @@
-"""Mask schedules and MaskGIT's iterative parallel decoding.
+"""MaskGIT's iterative parallel decoding.
 
-gamma(r) maps progress r in [0, 1] to the fraction of tokens still masked,
-decreasing from 1 to 0 (MaskGIT libml/mask_schedule.py). Decoding follows
-libml/parallel_decode.py, batched over images with per-image mask counts.
+Follows libml/parallel_decode.py, batched over images with per-image mask counts;
+the mask schedules gamma it unmasks by live in schedules.py.
 """
 from __future__ import annotations
 
@@ -11,34 +10,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-Schedule = Callable[[torch.Tensor, int], torch.Tensor]
-
-
-def _log(r: torch.Tensor, n: int) -> torch.Tensor:
-    return -torch.log2(r) / math.log2(max(n, 2))
-
-
-def _exp(r: torch.Tensor, n: int) -> torch.Tensor:
-    return 1 - torch.exp2(-math.log2(max(n, 2)) * (1 - r))
-
-
-SCHEDULES: dict[str, Schedule] = {
-    "linear": lambda r, n: 1 - r,
-    "cosine": lambda r, n: torch.cos(math.pi / 2 * r),
-    "square": lambda r, n: 1 - r**2,
-    "cubic": lambda r, n: 1 - r**3,
-    "sqrt": lambda r, n: 1 - r.sqrt(),
-    "log": _log,
-    "exp": _exp,
-}
-
-
-def gamma(name: str, r: torch.Tensor | float, n_tokens: int) -> torch.Tensor:
-    """Masked fraction at progress r (clipped to [1e-6, 1] as MaskGIT); n_tokens feeds log/exp."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown mask schedule {name!r}; choose from {sorted(SCHEDULES)}")
-    r = torch.as_tensor(r, dtype=torch.float64)
-    return SCHEDULES[name](r, n_tokens).clamp(1e-6, 1.0)
+from maskgit_inpaint.schedules import gamma
 
 
 def _gumbel(shape: torch.Size, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

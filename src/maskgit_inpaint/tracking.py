@@ -13,13 +13,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import mlflow  # telemetry is off before this import: maskgit_inpaint/__init__.py applies environment.py
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
 
-import mlflow  # noqa: E402  (telemetry must be off before import)
-from mlflow.entities import Metric, Param  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from maskgit_inpaint import runtime  # noqa: E402
+from maskgit_inpaint import runtime
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no table-creation chatter in stage output
 

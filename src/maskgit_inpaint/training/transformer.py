@@ -24,10 +24,10 @@ from tqdm import tqdm
 from maskgit_inpaint import runtime
 from maskgit_inpaint.config import TransformerParams
 from maskgit_inpaint.data import tokens as token_store
-from maskgit_inpaint.masks import random_token_mask
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer, TransformerConfig
-from maskgit_inpaint.sampling import gamma
+from maskgit_inpaint.schedules import gamma
 from maskgit_inpaint.training.distributed import Processes
+from maskgit_inpaint.training.masking import random_token_mask
 from maskgit_inpaint.training.resume import Resume
 from maskgit_inpaint.training.schedule import warmup_cosine
 
