@@ -1,4 +1,5 @@
 """The real chain under real DVC, on the tiny profile, in a throwaway copy of the repo."""
+import json
 import os
 import shutil
 import signal
@@ -34,7 +35,7 @@ def _repo(path, **section_updates):
     path.mkdir()
     for name in ("src", "stages", "flows"):
         shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("dvc.yaml", ".gitignore", "pretrained/README.md"):
+    for name in ("dvc.yaml", ".gitignore", "README.md", "pretrained/README.md"):
         (path / name).parent.mkdir(exist_ok=True)
         shutil.copy(ROOT / name, path / name)
     write_tiny_params(path / "params.yaml", **section_updates)
@@ -44,6 +45,19 @@ def _repo(path, **section_updates):
     _run(["dvc", "init", "-q"], path)
     _commit(path, "project")
     return path
+
+
+def _changed_stages(repo) -> set[str]:
+    return set(json.loads(_run(["dvc", "status", "--json"], repo)))
+
+
+# An edit (a comment is enough) -> the stages `dvc status` must report: exactly those whose code runs the file.
+EDITS = {
+    "src/maskgit_inpaint/schedules.py": {"train_transformer", "eval_grid"},
+    "src/maskgit_inpaint/sampling.py": {"eval_grid"},
+    "src/maskgit_inpaint/data/sharding.py": {"shard"},
+    "README.md": set(),
+}
 
 
 def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
@@ -57,6 +71,14 @@ def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
 
     assert "Data and pipelines are up to date" in _run(["dvc", "repro"], repo)
     assert "eval.json" in _run(["dvc", "metrics", "show"], repo)
+    for path, expected in EDITS.items():
+        original = (repo / path).read_text()
+        (repo / path).write_text(original + "# an edit\n")
+        assert _changed_stages(repo) == expected, f"after editing {path}"
+        (repo / path).write_text(original)
+
+    _run(["dvc", "repro", "--force", "train_transformer"], repo)  # retrains it and everything before it
+    assert _changed_stages(repo) == set(), "identical inputs must give identical outs, so nothing downstream reruns"
 
     _commit(repo, "lock")
     out = _run(["dvc", "exp", "run", "-S", "eval.T=[2]"], repo)

@@ -3,7 +3,7 @@
 Precision follows what the hardware really does. bf16 autocast pays only where
 bf16 arithmetic runs natively: on a CPU without it PyTorch emulates it, and a
 training step of the embedded tokenizer ran 20x slower than in fp32 (measured on
-an AVX2-only AMD EPYC and with AVX2 emulated on a Zen 4; README). So `auto`
+an AVX2-only AMD EPYC and with AVX2 emulated on a Zen 4; docs/precision.md). So `auto`
 picks:
 
 | device | native bf16 | auto |
