@@ -86,11 +86,12 @@ def test_perceptual_term_and_lpips_metric_with_an_injected_network(tiny_chain, t
     p = config.load(write_tiny_params(tmp_path / "params.yaml", vqgan={"steps": 6, "disc_start": 2, "num_workers": 0})).vqgan
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with mlflow.start_run() as run:
-        result = vqgan.train(p, 32, tiny_chain / "data/shards", tmp_path / "state.pt")
+        result = vqgan.train(p, image_size=32, shards_dir=tiny_chain / "data/shards", state_path=tmp_path / "state.pt")
     assert result.unavailable == {}
     (row,) = result.curve
     assert row["perceptual"] > 0 and math.isfinite(row["g_loss"]) and math.isfinite(row["d_loss"])
-    assert result.metrics["recon_lpips"] > 0 and result.metrics["init_recon_lpips"] > 0
+    assert result.metrics.final.lpips > 0 and result.metrics.initial.lpips > 0
+    assert result.metrics.flat()["recon_lpips"] == result.metrics.final.lpips
     strips = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "images")]
     for step in (0, 6):  # at initialisation and at the end
         assert any(f"reconstructions+step+{step}+" in path for path in strips), strips
@@ -100,9 +101,10 @@ def test_without_lpips_weights_training_says_so_and_uses_l1(tiny_chain, tmp_path
     p = config.load(write_tiny_params(tmp_path / "params.yaml", vqgan={"steps": 2, "num_workers": 0})).vqgan
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with mlflow.start_run():  # its own run: one left active would follow later tests into their stores
-        result = vqgan.train(p, 32, tiny_chain / "data/shards", tmp_path / "state.pt")
+        result = vqgan.train(p, image_size=32, shards_dir=tiny_chain / "data/shards", state_path=tmp_path / "state.pt")
     assert "training without the perceptual term" in capsys.readouterr().out
-    assert set(result.unavailable) == {"perceptual_loss", "recon_lpips"} and "recon_lpips" not in result.metrics
+    assert set(result.unavailable) == {"perceptual_loss", "recon_lpips"} and result.metrics.final.lpips is None
+    assert not {"recon_lpips", "init_recon_lpips"} & set(result.metrics.flat())
     assert math.isnan(result.curve[-1]["perceptual"])
 
 
@@ -120,6 +122,11 @@ def test_finetuning_a_taming_checkpoint_trains_decoder_and_codebook_only(tiny_ch
         frozen = name.startswith(("encoder.", "quant_conv."))
         assert torch.equal(tuned[name], before) == frozen, name
     m = json.loads((tmp_path / "metrics/vqgan.json").read_text())
+    assert all(isinstance(k, str) and type(v) in (int, float) and math.isfinite(v) for k, v in m.items()), m
+    summary = json.loads((tmp_path / "metrics/vqgan_summary.json").read_text())
+    assert summary["runtime"]["device"] == "cpu" and "recon_lpips" in summary["unavailable"]
+    saved = json.loads((tmp_path / "models/vqgan/config.json").read_text())
+    assert saved.keys() == {"model", "steps", "init"} and saved["steps"] == 40  # what defines the weights, no metrics
     pretrained_psnr = json.loads((tiny_chain / "metrics/vqgan.json").read_text())["recon_psnr"]
     assert m["init_recon_psnr"] == pytest.approx(pretrained_psnr, abs=1e-3)  # the init is the loaded checkpoint
     assert m["recon_psnr"] > m["init_recon_psnr"] + 0.5
@@ -146,6 +153,8 @@ def test_killed_vqgan_training_resumes_to_the_same_weights(tiny_chain, tmp_path)
     b = load_file(killed / "models/vqgan/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (straight / "metrics/vqgan_curve.csv").read_text() == (killed / "metrics/vqgan_curve.csv").read_text()
+    # Same weights, same model directory: nothing run-dependent (throughput) is saved beside them.
+    assert (straight / "models/vqgan/config.json").read_bytes() == (killed / "models/vqgan/config.json").read_bytes()
 
 
 def test_forced_fp16_trains_the_tokenizer_with_loss_scaling(tiny_chain, tmp_path, monkeypatch):
@@ -157,7 +166,7 @@ def test_forced_fp16_trains_the_tokenizer_with_loss_scaling(tiny_chain, tmp_path
     state = tmp_path / "state.pt"
     monkeypatch.setattr(runtime, "_warned", set())  # the once-per-process warning, fresh for this test
     with pytest.warns(runtime.SlowPrecisionWarning), mlflow.start_run():
-        result = vqgan.train(p, 32, tiny_chain / "data/shards", state)
+        result = vqgan.train(p, image_size=32, shards_dir=tiny_chain / "data/shards", state_path=state)
     assert result.precision.name == "fp16"
     assert all(torch.isfinite(q).all() for q in result.model.parameters())
-    assert np.isfinite(result.metrics["recon_psnr"]) and load_training_state(state)["scaler"]["scale"] > 0
+    assert np.isfinite(result.metrics.final.psnr) and load_training_state(state)["scaler"]["scale"] > 0
