@@ -7,8 +7,10 @@ other trajectories decode their sweet spots k > 1.
 Cells are cached by their inputs (the GridSpec carries the model/token/code
 fingerprint and the mask seed), so a re-run with more T values decodes only the
 new trajectories. A trajectory or baseline that still fails after its retries is
-marked in the table while the others finish. Results are persisted as each task
-ends, so a grid killed mid-run resumes from the cells it finished.
+marked in the table while the others finish (a grid where every cell fails raises
+grid_report.NothingScored). Results are persisted as each task ends, so a grid killed
+mid-run resumes from the cells it finished; a re-run whose cells all come from the
+cache loads no model or image (the cells carry what the report needs).
 The DVC stage `eval_grid` calls this flow in-process; `flows/serve.py` serves it
 as deployment `eval-grid/default`.
 """

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import lpips
 import mlflow
@@ -93,7 +94,7 @@ def test_eval_grid_flow_tables_tracks_and_caches(prefect_server, grid_project, s
     verdicts = df[[c for c in df.columns if "_vs_" in c]].stack().dropna()
     assert set(verdicts) <= {"better", "worse", "tied"} and len(verdicts) > 0
 
-    summary = json.loads((grid_project / "metrics/eval.json").read_text())
+    summary = json.loads((grid_project / "metrics/eval_summary.json").read_text())
     assert set(summary["masks"]) == {"center", "thick"} and summary["unavailable"] == {} and "fid" in summary["no_interval"]
     assert summary["selection_images"] + summary["report_images"] == 6
     pick = summary["masks"]["center"]["picks"]["psnr_masked"]
@@ -103,7 +104,30 @@ def test_eval_grid_flow_tables_tracks_and_caches(prefect_server, grid_project, s
     assert set(pick["against"]) == {"telea", "vq_ceiling", "t1"} or pick["cell"]["T"] == 1
     assert pick["tied_count"] == len(pick["tied"])
 
+    # What `dvc metrics show` reads: one level, numbers only, per mask kind and headline metric.
+    metrics = json.loads((grid_project / "metrics/eval.json").read_text(), parse_constant=_not_json)
+    assert all(type(v) in (int, float) for v in metrics.values())
+    assert metrics["cells"] == len(df) and metrics["failed_cells"] == 0 and metrics["report_images"] == summary["report_images"]
+    keys = {"cells", "failed_cells", "report_images"}
+    for mask in ("center", "thick"):
+        for metric in ("psnr_masked", "swd_masked", "lpips_masked"):
+            best = f"{mask}.best_{metric}"
+            keys |= {best, f"{best}_lo", f"{best}_hi", f"{best}_ties", f"{mask}.telea_{metric}", f"{mask}.vq_ceiling_{metric}"}
+            assert metrics[f"{best}_ties"] == summary["masks"][mask]["picks"][metric]["tied_count"]
+            assert {best, f"{mask}.telea_{metric}", f"{mask}.vq_ceiling_{metric}"} <= set(metrics)
+            report = summary["masks"][mask]["picks"][metric]["report"]
+            if report["lo"] is None:  # a 3-image report half can leave a set-level interval undefined: its keys are left out
+                assert f"{best}_lo" not in metrics and f"{best}_hi" not in metrics
+            else:
+                assert metrics[f"{best}_lo"] <= metrics[best] <= metrics[f"{best}_hi"]
+    assert set(metrics) <= keys and "center.best_psnr_masked_lo" in metrics
+    assert metrics["center.best_psnr_masked"] == pytest.approx(pick["report"]["value"])
+
     per_image = pd.read_parquet(grid_project / "results/grid_per_image.parquet")
+    # The baselines in eval.json are on the report half, as the pick is.
+    telea_report = per_image[(per_image.method == "telea") & (per_image["mask"] == "center") & (per_image.metric == "psnr_masked")
+                             & (per_image.half == "report")]
+    assert metrics["center.telea_psnr_masked"] == pytest.approx(telea_report.value.mean())
     assert set(per_image.metric) == {"psnr", "psnr_masked", "ssim", "ssim_masked", "lpips", "lpips_masked"}
     assert len(per_image) == len(df) * 6 * 6 and set(per_image.image) == set(range(6)) and set(per_image.replicate) == {0}
     # The table's per-image means are the means of the per-image file.
@@ -138,15 +162,26 @@ def test_eval_grid_flow_tables_tracks_and_caches(prefect_server, grid_project, s
     in_set = 1 + len(summary["masks"]["center"]["picks"]["swd_masked"]["tied"]) + 1 + len(summary["masks"]["thick"]["picks"]["swd_masked"]["tied"])
     assert len(tied) == in_set
     assert {"metrics.swd_masked_lo", "metrics.swd_masked_hi"} <= set(children.columns)
+    assert parents["metrics.center.best_swd_masked"][0] == pytest.approx(metrics["center.best_swd_masked"])
 
     # A second run with one more T decodes only the new trajectories; the rest come from the cache.
     calls.clear()
     eval_grid(params_file="params.yaml", T=[1, 2, 3])
     assert sorted(calls) == sorted((m, s, 2) for m in ("center", "thick") for s in ("linear", "cosine"))
     assert set(pd.read_csv(grid_project / "results/grid.csv")["T"].dropna()) == {1, 2, 3}
+    tables = {name: (grid_project / name).read_bytes() for name in ("results/grid.csv", "results/grid.md", "metrics/eval.json")}
     calls.clear()
+    evaluation._loaded.clear()  # as in a fresh process: no model, image or backbone in memory
     eval_grid(params_file="params.yaml", T=[1, 2, 3])
     assert calls == []  # the same grid again: every trajectory from the cache
+    assert evaluation._loaded == {}  # and publishing it loaded nothing
+    assert {name: (grid_project / name).read_bytes() for name in tables} == tables
+    assert (grid_project / "results/samples_center.png").stat().st_size > 0
+
+    info = subprocess.run([str(Path(sys.executable).with_name("maskgit-inpaint")), "info"], cwd=grid_project, capture_output=True, text=True)
+    assert info.returncode == 0, info.stderr
+    pick = json.loads((grid_project / "metrics/eval_summary.json").read_text())["masks"]["center"]["picks"]["psnr_masked"]
+    assert f"grid [center]: best psnr_masked: {pick['name']}, " in info.stdout and "on the report half" in info.stdout
 
 
 def _not_json(constant: str):
@@ -182,11 +217,31 @@ def test_a_failing_cell_is_retried_then_marked_while_the_grid_finishes(prefect_s
     comparisons = pd.read_csv(grid_project / "results/grid_comparisons.csv")
     assert set(comparisons.reference) == {"best", "vq_ceiling", "t1"}
     # Offline, without pretrained backbones: the perceptual columns say why instead of showing numbers.
-    summary = json.loads((grid_project / "metrics/eval.json").read_text(), parse_constant=_not_json)
+    summary = json.loads((grid_project / "metrics/eval_summary.json").read_text(), parse_constant=_not_json)
     assert summary["failed_cells"] == 4 and set(summary["unavailable"]) == {"lpips", "lpips_masked", "fid"}
     assert summary["masks"]["center"]["telea"]["status"].startswith("failed")
+    metrics = json.loads((grid_project / "metrics/eval.json").read_text(), parse_constant=_not_json)
+    assert metrics["failed_cells"] == 4 and "center.vq_ceiling_psnr_masked" in metrics
+    assert not any("lpips" in key or "telea" in key for key in metrics)  # no backbone, no Telea row: no figure
     assert df[["lpips", "lpips_masked", "fid"]].isna().all().all()
     assert "unavailable" in (grid_project / "results/grid.md").read_text()
+
+
+def test_a_grid_whose_every_cell_fails_publishes_nothing(prefect_server, grid_project, monkeypatch):
+    import flows.eval_grid as grid_flow
+    from flows.eval_grid import eval_grid
+
+    for name in ("trajectory", "telea", "vq_ceiling"):
+        monkeypatch.setattr(grid_flow, name, getattr(grid_flow, name).with_options(retry_delay_seconds=0))
+    write_tiny_params(grid_project / "params.yaml", eval={"seed": 17, "masks": ["center"], "T": [1]})
+
+    def no_models(spec):
+        raise FileNotFoundError("injected: models/vqgan missing")
+
+    monkeypatch.setattr(evaluation, "load_data", no_models)
+    with pytest.raises(grid_report.NothingScored, match="all 4 cells failed, the first with failed: FileNotFoundError: injected"):
+        eval_grid(params_file="params.yaml")
+    assert not (grid_project / "results").exists() and not (grid_project / "metrics/eval.json").exists()
 
 
 def test_a_tracking_store_that_is_down_costs_no_results(prefect_server, grid_project, monkeypatch):

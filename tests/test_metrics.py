@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from maskgit_inpaint import evaluation, masks, metrics
+from maskgit_inpaint import evaluation, masks, metrics, runtime
+from maskgit_inpaint.models.vqgan import VQGAN, VQGANConfig
 
 
 def test_psnr_known_values_and_mask():
@@ -30,6 +31,15 @@ def test_composite_keeps_known_pixels_and_feathers_the_edge():
     out = evaluation.composite(original, generated, hole, feather=2)
     assert torch.all(out[hole.expand_as(out)] == 1)
     assert out[0, 0, 0, 0] == 0 and 0 < out[0, 0, 3, 8] < 1  # a corner is untouched; the ring next to the hole blends
+
+
+def test_pixel_decode_in_cache_chunks_is_one_decode_of_the_batch():
+    vqgan = VQGAN(VQGANConfig(resolution=32, ch_mult=(1, 2), n_embed=16, embed_dim=8, z_channels=32)).eval()
+    count = runtime.CPU_CHUNK_BYTES // vqgan.config.decode_activation_bytes(32) + 3  # more than one chunk on a CPU
+    ids = torch.randint(0, 16, (count, 16 * 16), generator=torch.Generator().manual_seed(0))
+    images = evaluation.decode_pixels(vqgan, ids, runtime.precision("fp32", torch.device("cpu")))
+    assert images.shape == (count, 3, 32, 32) and images.dtype == torch.float32
+    assert torch.allclose(images, vqgan.decode_indices(ids.view(count, 16, 16)), atol=1e-5)
 
 
 def test_telea_fills_a_smooth_gradient_and_keeps_known_pixels():

@@ -20,10 +20,14 @@ from PIL import Image
 from maskgit_inpaint import config, masks, metrics, runtime, sampling
 from maskgit_inpaint.data import shards
 from maskgit_inpaint.data.images import RejectedImage, prepare_image, read_file
-from maskgit_inpaint.evaluation import composite
+from maskgit_inpaint.evaluation import composite, decode_pixels
 from maskgit_inpaint.models.checkpoint import CONFIG
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer
 from maskgit_inpaint.models.vqgan import VQGAN
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"  # eval_summary.json writes NaN as null
 
 
 def _info(params: config.Params) -> None:
@@ -31,12 +35,14 @@ def _info(params: config.Params) -> None:
     for name, directory in (("vqgan", paths.vqgan), ("transformer", paths.transformer)):
         path = directory / CONFIG
         print(f"{name}: {json.loads(path.read_text()) if path.is_file() else f'not trained yet ({path} missing)'}")
-    grid = paths.metrics / "eval.json"
+    grid = paths.metrics / "eval_summary.json"
     if not grid.is_file():
         print(f"grid: not run yet ({grid} missing)")
         return
     for mask, summary in json.loads(grid.read_text())["masks"].items():
-        print(f"grid [{mask}]: best {summary['best']}")
+        for metric, pick in summary["picks"].items():
+            value, lo, hi = (_figure(pick["report"][k]) for k in ("value", "lo", "hi"))
+            print(f"grid [{mask}]: best {metric}: {pick['name']}, {value} [{lo}, {hi}] on the report half, tied with {pick['tied_count']}")
 
 
 def _inpaint(params: config.Params, args: argparse.Namespace) -> None:
@@ -58,10 +64,9 @@ def _inpaint(params: config.Params, args: argparse.Namespace) -> None:
     token_mask = masks.to_token_mask(pixel_mask, vqgan.config.downsample)
     with prec.autocast():
         tokens = vqgan.encode(image).flatten(1)  # (1, h*w)
-        ids = sampling.decode(transformer, tokens, token_mask, schedule, T, [T], p.temperature,
-                              torch.Generator(dev).manual_seed(p.seed))[T]
-        h = size // vqgan.config.downsample
-        completed = composite(image, vqgan.decode_indices(ids.view(1, h, h)).float(), pixel_mask, p.feather)
+        ids = sampling.decode(transformer, tokens, token_mask, schedule=schedule, T=T, sweet_spots=[T], temperature=p.temperature,
+                              generator=torch.Generator(dev).manual_seed(p.seed))[T]
+    completed = composite(image, decode_pixels(vqgan, ids, prec), pixel_mask, feather=p.feather)
     Image.fromarray(shards.as_uint8(completed)[0]).save(args.out)
     psnr = metrics.psnr(completed, image, pixel_mask).item()
     print(f"inpaint: {args.image} ({size}x{size}, {args.mask} mask, {schedule} T={T}) -> {args.out}; "

@@ -10,13 +10,18 @@ other Gumbel streams.
 
 Every cell keeps its `Evidence`: per-image values, and the set-level metrics on
 the held-out halves and under the shared bootstrap resamples (stats.py), so the
-grid's intervals and comparisons (grid_stats.py) need no decoding again.
+grid's intervals and comparisons (grid_stats.py) need no decoding again. A cell
+also keeps its `ScoredOn` (how many images, which metrics had no backbone, the
+precision) and a trajectory its `SampleStrip`, so a report of cached cells loads
+no model, image or backbone.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -73,6 +78,26 @@ def fingerprint(vqgan_dir: Path, transformer_dir: Path, tokens_dir: Path) -> str
     return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One batch of the val set with the holes of one mask kind, on the device."""
+
+    start: int  # index of its first image
+    images: torch.Tensor  # (B, 3, H, W) in [-1, 1]
+    pixel_mask: torch.Tensor  # (B, 1, H, W), True = missing
+    token_mask: torch.Tensor  # (B, h*w), True = masked
+    tokens: torch.Tensor  # (B, h*w) the images' own token ids
+
+
+@dataclass(frozen=True)
+class ScoredOn:
+    """What a finished cell was scored on; it travels with the cell through the cache, so a report loads nothing."""
+
+    images: int  # val images scored
+    unavailable: dict[str, str]  # metric column -> why it has no values (its pretrained backbone is missing)
+    precision: runtime.Precision  # of decoding and pixel decodes
+
+
 @dataclass
 class EvalData:
     vqgan: VQGAN
@@ -92,6 +117,21 @@ class EvalData:
             pixel = masks.make(kind, len(self.images), self.images.shape[-1], seed)
             self.holes[kind] = pixel, masks.to_token_mask(pixel, self.vqgan.config.downsample)
         return self.holes[kind]
+
+    def batches(self, kind: str, *, seed: int, batch_size: int) -> Iterator[Batch]:
+        """The val set in order, `batch_size` images at a time, with the holes of mask kind `kind`."""
+        pixel_mask, token_mask = self.masks(kind, seed)
+        for start in range(0, len(self.images), batch_size):
+            rows = slice(start, start + batch_size)
+            yield Batch(start, *(t[rows].to(self.device) for t in (self.images, pixel_mask, token_mask, self.tokens)))
+
+    def scored_on(self) -> ScoredOn:
+        """What a cell scored on these data carries with it."""
+        reasons = {}
+        for backbone, columns in ((self.lpips, ("lpips", "lpips_masked")), (self.fid, ("fid",))):
+            if not backbone.available:
+                reasons.update(dict.fromkeys(columns, backbone.reason))
+        return ScoredOn(len(self.images), reasons, self.precision)
 
 
 _loaded: dict[GridSpec, EvalData] = {}
@@ -130,13 +170,13 @@ def composite(original: torch.Tensor, generated: torch.Tensor, pixel_mask: torch
     return weight * generated + (1 - weight) * original
 
 
-def _decode_pixels(data: EvalData, ids: torch.Tensor) -> torch.Tensor:
-    """(B, h*w) token ids -> (B, 3, H, W) images."""
-    size = data.images.shape[-1]
-    h = size // data.vqgan.config.downsample
-    decode = runtime.in_cache_chunks(data.vqgan.decode_indices, data.device, data.vqgan.config.decode_activation_bytes(size))
-    with data.precision.autocast():
-        return decode(ids.view(len(ids), h, h)).float()
+def decode_pixels(vqgan: VQGAN, ids: torch.Tensor, precision: runtime.Precision) -> torch.Tensor:
+    """(B, h*w) token ids of square images -> (B, 3, H, W) fp32 images in [-1, 1], under `precision`, in cache-sized chunks."""
+    grid = math.isqrt(ids.shape[1])
+    size = grid * vqgan.config.downsample
+    decode = runtime.in_cache_chunks(vqgan.decode_indices, precision.device, vqgan.config.decode_activation_bytes(size))
+    with precision.autocast():
+        return decode(ids.view(len(ids), grid, grid)).float()
 
 
 @dataclass
@@ -238,20 +278,23 @@ class Resampling:
 
 @dataclass
 class Cell:
-    """One row of the grid and what its statistics are computed from (None for a failed cell)."""
+    """One row of the grid, what its statistics are computed from and what it was scored on (None for a failed cell)."""
 
     row: dict
     evidence: Evidence | None
+    scored_on: ScoredOn | None = None
 
 
-def _cell(method: str, mask: str, evidence: Evidence, seconds: float, n: int, **axes) -> Cell:
-    row = {"method": method, "mask": mask, "schedule": None, "T": None, "sweet_spot": None, "n_images": n,
-           "replicates": len(next(iter(evidence.per_image.values()))), **axes}
+def _cell(method: str, mask: str, *, evidence: Evidence, seconds: float, scored_on: ScoredOn,
+          schedule: str | None = None, T: int | None = None, sweet_spot: int | None = None) -> Cell:
+    n = scored_on.images
+    row = {"method": method, "mask": mask, "schedule": schedule, "T": T, "sweet_spot": sweet_spot, "n_images": n,
+           "replicates": len(next(iter(evidence.per_image.values())))}
     row.update({m: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for m, v in evidence.per_image.items()})
     row.update({m: level.value for m, level in evidence.set_level.items()})
     finite = all(np.isfinite(row[k]) for k in QUALITY + REALISM)
     return Cell({**row, "seconds_per_image": seconds / (n * row["replicates"]), "status": "ok" if finite else "non-finite metric"},
-                evidence)
+                evidence, scored_on)
 
 
 def _failure(error: BaseException) -> str:
@@ -270,9 +313,25 @@ def failed_baseline(method: str, mask: str, error: BaseException) -> Cell:
 
 
 @dataclass
+class SampleStrip:
+    """The first images of a trajectory as uint8 (S, H, W, 3): what its sample strip shows."""
+
+    masked_input: np.ndarray  # the hole greyed
+    mask: np.ndarray
+    original: np.ndarray
+    steps: dict[int, np.ndarray] = field(default_factory=dict)  # sweet spot -> completed images
+
+    @staticmethod
+    def of(batch: Batch, count: int) -> SampleStrip:
+        x, pm = batch.images[:count], batch.pixel_mask[:count]
+        return SampleStrip(shards.as_uint8(torch.where(pm, torch.zeros_like(x), x)), shards.as_uint8(pm.float().expand_as(x) * 2 - 1),
+                           shards.as_uint8(x))
+
+
+@dataclass
 class Trajectory:
     cells: list[Cell]  # one per sweet spot
-    samples: dict[int, np.ndarray]  # sweet spot -> (S, H, W, 3) uint8 composites of the first images, for sample strips
+    samples: SampleStrip
 
 
 def sampling_seed(seed: int, replicate: int, start: int) -> int:
@@ -283,40 +342,37 @@ def sampling_seed(seed: int, replicate: int, start: int) -> int:
 def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots: tuple[int, ...]) -> Trajectory:
     """Decode all images with (schedule, T) for holes of kind `mask`, once per replicate; score every sweet spot."""
     data = load_data(spec)
-    pixel_mask, token_mask = data.masks(mask, spec.seed)
     logits = runtime.in_cache_chunks(data.transformer, data.device, data.transformer.config.activation_bytes)
     ks = sorted(set(sweet_spots) | {T})
-    n = len(data.images)
-    resampling = Resampling.of(spec, n)
+    resampling = Resampling.of(spec, len(data.images))
     evidence: dict[int, list[Evidence]] = {k: [] for k in ks}
-    pixel_seconds = {k: 0.0 for k in ks}
+    pixel_seconds = dict.fromkeys(ks, 0.0)
     decode_seconds = 0.0
-    samples = {}
     for replicate in range(spec.replicates):
         scores = {k: CellScores(data, spec.seed) for k in ks}
-        for start in range(0, n, spec.batch_size):
-            sl = slice(start, start + spec.batch_size)
-            x, pm = data.images[sl].to(data.device), pixel_mask[sl].to(data.device)
+        for batch in data.batches(mask, seed=spec.seed, batch_size=spec.batch_size):
+            shown = batch.start == 0 and replicate == 0  # the sample strip's images
+            if shown:
+                samples = SampleStrip.of(batch, spec.sample_images)
             began = runtime.clock(data.device)
-            generator = torch.Generator(data.device).manual_seed(sampling_seed(spec.seed, replicate, start))
+            generator = torch.Generator(data.device).manual_seed(sampling_seed(spec.seed, replicate, batch.start))
             with data.precision.autocast():
-                out = sampling.decode(logits, data.tokens[sl].to(data.device),
-                                      token_mask[sl].to(data.device), schedule, T, ks, spec.temperature, generator,
-                                      mask_id=data.transformer.config.mask_id)
+                out = sampling.decode(logits, batch.tokens, batch.token_mask, schedule=schedule, T=T, sweet_spots=ks,
+                                      temperature=spec.temperature, generator=generator, mask_id=data.transformer.config.mask_id)
             decode_seconds += runtime.clock(data.device) - began
             for k, ids in out.items():
                 began = runtime.clock(data.device)
-                pred = composite(x, _decode_pixels(data, ids), pm, spec.feather)
+                pred = composite(batch.images, decode_pixels(data.vqgan, ids, data.precision), batch.pixel_mask, feather=spec.feather)
                 pixel_seconds[k] += runtime.clock(data.device) - began
-                scores[k].add(pred, x, pm)
-                if start == 0 and replicate == 0:
-                    samples[k] = shards.as_uint8(pred[: spec.sample_images])
+                scores[k].add(pred, batch.images, batch.pixel_mask)
+                if shown:
+                    samples.steps[k] = shards.as_uint8(pred[: spec.sample_images])
         for k in ks:
             evidence[k].append(scores[k].evidence(resampling))
     # A cell's cost: k of the T transformer passes (measured together) plus its pixel decode.
     cells = [
-        _cell("maskgit", mask, Evidence.mean(evidence[k]), decode_seconds * k / T + pixel_seconds[k], n,
-              schedule=schedule, T=T, sweet_spot=k)
+        _cell("maskgit", mask, evidence=Evidence.mean(evidence[k]), seconds=decode_seconds * k / T + pixel_seconds[k],
+              scored_on=data.scored_on(), schedule=schedule, T=T, sweet_spot=k)
         for k in ks
     ]
     return Trajectory(cells, samples)
@@ -328,30 +384,29 @@ def with_first_step(first: Trajectory, rest: Trajectory | None, schedule: str, T
     `first` is the T = 1 trajectory (any schedule: one step never reads it); `rest` holds
     the sweet spots k > 1 (None for T = 1).
     """
-    shared = Cell({**first.cells[0].row, "schedule": schedule, "T": T}, first.cells[0].evidence)
-    return Trajectory([shared] + (rest.cells if rest else []), {**first.samples, **(rest.samples if rest else {})})
+    shared = replace(first.cells[0], row={**first.cells[0].row, "schedule": schedule, "T": T})
+    steps = {**first.samples.steps, **(rest.samples.steps if rest else {})}
+    return Trajectory([shared] + (rest.cells if rest else []), replace(first.samples, steps=steps))
 
 
-def _baseline(spec: GridSpec, mask: str, method: str, fill) -> Cell:
-    """Score a baseline over the val set; fill(data, slice, images, pixel_mask) -> completed images."""
+def _baseline(spec: GridSpec, mask: str, method: str, fill: Callable[[EvalData, Batch], torch.Tensor]) -> Cell:
+    """Score a baseline over the val set; fill(data, batch) -> the batch's completed images."""
     data = load_data(spec)
-    pixel_mask, _ = data.masks(mask, spec.seed)
     scores = CellScores(data, spec.seed)
     seconds = 0.0
-    for start in range(0, len(data.images), spec.batch_size):
-        sl = slice(start, start + spec.batch_size)
-        x, pm = data.images[sl].to(data.device), pixel_mask[sl].to(data.device)
+    for batch in data.batches(mask, seed=spec.seed, batch_size=spec.batch_size):
         began = runtime.clock(data.device)
-        pred = fill(data, sl, x, pm)
+        pred = fill(data, batch)
         seconds += runtime.clock(data.device) - began
-        scores.add(pred, x, pm)
-    return _cell(method, mask, scores.evidence(Resampling.of(spec, len(data.images))), seconds, len(data.images))
+        scores.add(pred, batch.images, batch.pixel_mask)
+    return _cell(method, mask, evidence=scores.evidence(Resampling.of(spec, len(data.images))), seconds=seconds,
+                 scored_on=data.scored_on())
 
 
 def vq_ceiling(spec: GridSpec, mask: str) -> Cell:
     """The ceiling of any token predictor: decode the true tokens of every image, composite the same way."""
-    return _baseline(spec, mask, "vq_ceiling", lambda data, sl, x, pm: composite(
-        x, _decode_pixels(data, data.tokens[sl].to(data.device)), pm, spec.feather))
+    return _baseline(spec, mask, "vq_ceiling", lambda data, batch: composite(
+        batch.images, decode_pixels(data.vqgan, batch.tokens, data.precision), batch.pixel_mask, feather=spec.feather))
 
 
 def telea_fill(images: torch.Tensor, pixel_mask: torch.Tensor, radius: int = 3) -> torch.Tensor:
@@ -365,7 +420,7 @@ def telea_fill(images: torch.Tensor, pixel_mask: torch.Tensor, radius: int = 3) 
 
 def telea(spec: GridSpec, mask: str) -> Cell:
     """A baseline without any learning: OpenCV's Telea inpainting of the same holes."""
-    return _baseline(spec, mask, "telea", lambda data, sl, x, pm: telea_fill(x, pm))
+    return _baseline(spec, mask, "telea", lambda data, batch: telea_fill(batch.images, batch.pixel_mask))
 
 
 def table(rows: list[dict], columns: list[str] = COLUMNS) -> pd.DataFrame:
@@ -387,14 +442,3 @@ def spec_for(paths, p) -> GridSpec:
         precision=runtime.precision(p.precision, runtime.device()).name,
     )
 
-
-def sample_inputs(spec: GridSpec, mask: str) -> dict[str, np.ndarray]:
-    """The first sample images as uint8 (S, H, W, 3): input with the hole greyed, the mask, the original."""
-    data = load_data(spec)
-    x = data.images[: spec.sample_images]
-    pm = data.masks(mask, spec.seed)[0][: spec.sample_images]
-    return {
-        "input": shards.as_uint8(torch.where(pm, torch.zeros_like(x), x)),
-        "mask": shards.as_uint8(pm.float().expand_as(x) * 2 - 1),
-        "original": shards.as_uint8(x),
-    }

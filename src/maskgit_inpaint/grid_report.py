@@ -1,8 +1,19 @@
 """Publish a finished grid: tables and pictures on disk, metrics for DVC, then runs in MLflow.
 
-Everything lands on disk (results/, metrics/eval.json) before MLflow is touched, so
-a tracking store that is down or locked costs the runs, never the results: one
-warning, and results/NOT_LOGGED.txt says what is missing and how to log it.
+Everything lands on disk (results/, metrics/eval.json, metrics/eval_summary.json)
+before MLflow is touched, so a tracking store that is down or locked costs the runs,
+never the results: one warning, and results/NOT_LOGGED.txt says what is missing and
+how to log it.
+
+metrics/eval.json is what `dvc metrics show` and `dvc metrics diff` read: flat and
+numeric, per mask kind and headline metric the held-out pick's value and interval on
+the report half, how many cells tie with it, and the baselines on the same half.
+Everything that describes them (which cell, the tied cells, verdicts and p-values,
+the runtime, unavailable metrics) is in metrics/eval_summary.json beside it.
+
+A report needs nothing but the cells: each carries what it was scored on and each
+trajectory its sample strip, so a grid whose cells all come from the cache loads no
+model, image or metric backbone to be published.
 """
 from __future__ import annotations
 
@@ -12,7 +23,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from maskgit_inpaint import evaluation, figures, grid_stats, tracking
+from maskgit_inpaint import evaluation, figures, grid_stats, runtime, tracking
 from maskgit_inpaint.config import EvalParams, PathsParams
 from maskgit_inpaint.io import atomic_dir, write_json
 
@@ -20,6 +31,8 @@ HEATMAP_METRICS = ("psnr_masked", "ssim_masked", "swd_masked", "lpips_masked")
 LABELS = {"psnr_masked": "PSNR(masked)", "ssim_masked": "SSIM(masked)", "swd_masked": "SWD(masked)", "lpips_masked": "LPIPS(masked)"}
 UNITS = {"psnr_masked": " dB"}
 HEADLINE_METRICS = ("psnr_masked", "swd_masked")
+METRICS_FILE_METRICS = HEADLINE_METRICS + ("lpips_masked",)  # in eval.json where they have values
+METRICS_FILE_BASELINES = ("telea", "vq_ceiling")
 CORRECTION = ("Holm over each family: one mask kind, one metric, one reference; "
               "per-image metrics by Wilcoxon signed-rank, set-level ones by the paired bootstrap's standard error")
 
@@ -28,18 +41,12 @@ class TrackingUnavailable(UserWarning):
     """The MLflow store could not take the grid's runs; the results on disk are complete."""
 
 
-def unavailable_metrics(spec: evaluation.GridSpec) -> dict[str, str]:
-    """Metric column -> why it has no values (its pretrained backbone is missing)."""
-    data = evaluation.load_data(spec)
-    reasons = {}
-    for backbone, columns in ((data.lpips, ("lpips", "lpips_masked")), (data.fid, ("fid",))):
-        if not backbone.available:
-            reasons.update({c: backbone.reason for c in columns})
-    return reasons
+class NothingScored(RuntimeError):
+    """Every cell of the grid failed: there is no table to publish."""
 
 
 def _clean(obj):
-    """NaN -> null throughout, so eval.json stays valid JSON."""
+    """NaN -> null throughout, so eval_summary.json stays valid JSON."""
     if isinstance(obj, dict):
         return {k: _clean(v) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -50,7 +57,7 @@ def _clean(obj):
 
 
 def mask_summary(df: pd.DataFrame, result: grid_stats.GridStats, mask: str) -> dict:
-    """Per mask kind, for metrics/eval.json: the held-out picks and the baselines with their intervals."""
+    """Per mask kind, for metrics/eval_summary.json: the held-out picks and the baselines with their intervals (all images)."""
     rows = df[df["mask"] == mask]
     baselines = {}
     for method in ("telea", "vq_ceiling"):
@@ -61,6 +68,22 @@ def mask_summary(df: pd.DataFrame, result: grid_stats.GridStats, mask: str) -> d
         elif len(row):
             baselines[method] = {"status": row.status.iloc[0]}
     return {"picks": {m: pick.as_json() for m, pick in result.picks.get(mask, {}).items()}, **baselines}
+
+
+def eval_metrics(df: pd.DataFrame, result: grid_stats.GridStats, masks: tuple[str, ...], report_images: int) -> dict[str, float]:
+    """metrics/eval.json: flat and numeric; a figure that has no finite value is left out."""
+    out = {"cells": len(df), "failed_cells": int((df.status != "ok").sum()), "report_images": report_images}
+    for mask in masks:
+        for metric in METRICS_FILE_METRICS:
+            pick = result.picks.get(mask, {}).get(metric)
+            if pick is None:  # no decoded cell has the metric (its backbone is missing, or every cell failed)
+                continue
+            best = f"{mask}.best_{metric}"
+            out.update({best: pick.report.value, f"{best}_lo": pick.report.lo, f"{best}_hi": pick.report.hi,
+                        f"{best}_ties": len(pick.tied)})
+            out.update({f"{mask}.{name}_{metric}": pick.against[name]["baseline_value"]
+                        for name in METRICS_FILE_BASELINES if name in pick.against})
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in out.items() if np.isfinite(v)}
 
 
 def marks(df: pd.DataFrame, result: grid_stats.GridStats, metric: str) -> pd.Series:
@@ -79,8 +102,7 @@ def marks(df: pd.DataFrame, result: grid_stats.GridStats, metric: str) -> pd.Ser
     return out
 
 
-def figures_for(spec: evaluation.GridSpec, df: pd.DataFrame, result: grid_stats.GridStats, trajectories: dict,
-                masks: tuple[str, ...]) -> dict[str, figures.Figure]:
+def figures_for(df: pd.DataFrame, result: grid_stats.GridStats, trajectories: dict, masks: tuple[str, ...]) -> dict[str, figures.Figure]:
     """Heatmaps per metric (ties outlined, interval half-widths shown) and one sample strip per mask kind."""
     out = {}
     for metric in HEATMAP_METRICS:
@@ -93,10 +115,9 @@ def figures_for(spec: evaluation.GridSpec, df: pd.DataFrame, result: grid_stats.
         if pick is None or pick.cell["T"] is None:
             continue
         cell = pick.cell
-        inputs = evaluation.sample_inputs(spec, mask)
-        steps = trajectories[(mask, cell["schedule"], cell["T"])].samples
-        columns = {"input": inputs["input"], "mask": inputs["mask"],
-                   **{f"k={k}/{cell['T']}": steps[k] for k in sorted(steps)}, "original": inputs["original"]}
+        strip = trajectories[(mask, cell["schedule"], cell["T"])].samples
+        columns = {"input": strip.masked_input, "mask": strip.mask,
+                   **{f"k={k}/{cell['T']}": strip.steps[k] for k in sorted(strip.steps)}, "original": strip.original}
         out[f"samples_{mask}.png"] = figures.sample_strip(columns, f"{mask} mask: {cell['schedule']} T={cell['T']}, step by step")
     return out
 
@@ -135,15 +156,15 @@ def headline(mask: str, metric: str, pick: grid_stats.Pick | None, cells_of_kind
             f"[{_fmt(r.lo, digits)}, {_fmt(r.hi, digits)}] (report half), tied with {len(pick.tied)} of {cells_of_kind - 1} cells; {against}")
 
 
-def _log(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, df: pd.DataFrame, result: grid_stats.GridStats,
-         pictures: dict, prec, unavailable: dict[str, str]) -> None:
+def _log(paths: PathsParams, p: EvalParams, *, spec: evaluation.GridSpec, df: pd.DataFrame, result: grid_stats.GridStats,
+         pictures: dict, precision: runtime.Precision, unavailable: dict[str, str], metrics: dict[str, float]) -> None:
     """The parent run (table, per-image file, figures, tied sets) and one child per cell (intervals, verdicts)."""
     records = df.astype(object).where(df.notna(), None)
     best_sets = {metric: marks(df, result, metric) for metric in evaluation.HELD_OUT}
     tied_tags = {f"best_set.{mask}.{metric}": "; ".join(grid_stats.name_of(c) for c in [pick.cell] + pick.tied)[:5000]
                  for mask, picks in result.picks.items() for metric, pick in picks.items()}
     with tracking.run("eval-grid", run_name=f"grid-{spec.fingerprint}",
-                      params={**p.model_dump(mode="json"), **tracking.runtime_params(prec)},
+                      params={**p.model_dump(mode="json"), **tracking.runtime_params(precision)},
                       tags={"fingerprint": spec.fingerprint, "vqgan": paths.vqgan.as_posix(), "transformer": paths.transformer.as_posix(),
                             "correction": CORRECTION, **tied_tags,
                             **{f"unavailable.{c}": r[:5000] for c, r in unavailable.items()}}) as parent:
@@ -157,28 +178,29 @@ def _log(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, df: pd.Da
         mlflow.log_artifacts(str(paths.results), artifact_path="results")
         for name, fig in pictures.items():
             mlflow.log_figure(fig, f"figures/{name}")
-        for mask, picks in result.picks.items():
-            for metric, pick in picks.items():
-                values = {"value": pick.report.value, "lo": pick.report.lo, "hi": pick.report.hi, "tied": len(pick.tied)}
-                mlflow.log_metrics({f"{mask}.best_{metric}.{k}": v for k, v in values.items() if v is not None and np.isfinite(v)})
+        mlflow.log_metrics(metrics)  # the same names and values as metrics/eval.json
 
 
 def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajectories: dict, baselines: list[evaluation.Cell],
             failed: list[evaluation.Cell]) -> dict:
-    """Write results/ and metrics/eval.json, then log the grid to MLflow; returns the per-mask summary."""
+    """Write results/, metrics/eval.json and metrics/eval_summary.json, then log the grid to MLflow; returns the per-mask summary."""
     cells = baselines + [c for t in trajectories.values() for c in t.cells] + failed
-    data = evaluation.load_data(spec)
-    halves = evaluation.Resampling.of(spec, len(data.images)).split
+    scored = [c.scored_on for c in cells if c.scored_on is not None]
+    if not scored:
+        raise NothingScored(f"eval_grid: all {len(cells)} cells failed, the first with {cells[0].row['status']}")
+    precision = scored[0].precision  # every cell ran in the spec's precision: it is in each cell's cache key
+    halves = evaluation.Resampling.of(spec, scored[0].images).split
     result = grid_stats.compute(cells, halves, grid_stats.Settings(p.confidence, p.bootstrap_resamples, p.seed))
     df = result.table
-    unavailable = unavailable_metrics(spec)
+    unavailable = {column: reason for s in scored for column, reason in s.unavailable.items()}
     no_interval = {} if "fid" in unavailable else dict(grid_stats.NO_INTERVAL)
     for column, reason in sorted(unavailable.items()):
         print(f"eval_grid: {column} unavailable: {reason}")
     for column, reason in no_interval.items():
         print(f"eval_grid: {column} has no interval: {reason}")
     per_mask = {mask: mask_summary(df, result, mask) for mask in p.masks}
-    pictures = figures_for(spec, df, result, trajectories, p.masks)
+    metrics = eval_metrics(df, result, p.masks, len(halves.report))
+    pictures = figures_for(df, result, trajectories, p.masks)
     with atomic_dir(paths.results) as out:
         df.to_csv(out / "grid.csv", index=False)
         df.to_parquet(out / "grid.parquet", index=False)
@@ -188,13 +210,16 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
         grid_stats.per_image_table(cells, halves).to_parquet(out / "grid_per_image.parquet", index=False)
         for name, fig in pictures.items():
             figures.save(fig, out / name, close=False)
-    write_json(paths.metrics / "eval.json", _clean({
-        "masks": per_mask, "cells": len(df), "failed_cells": int((df.status != "ok").sum()),
+    write_json(paths.metrics / "eval.json", metrics)
+    write_json(paths.metrics / "eval_summary.json", _clean({
+        "about": "metrics/eval.json holds, per mask kind and metric, the pick's value and interval on the report half, "
+                 "its tied count and the baselines on the same half; the tables in results/ use all images",
+        "masks": per_mask, "cells": len(df), "failed_cells": metrics["failed_cells"],
         "confidence": p.confidence, "bootstrap_resamples": p.bootstrap_resamples, "replicates": p.replicates,
         "selection_images": len(halves.selection), "report_images": len(halves.report), "correction": CORRECTION,
-        "runtime": data.precision.facts(), "unavailable": unavailable, "no_interval": no_interval}))
+        "runtime": precision.facts(), "unavailable": unavailable, "no_interval": no_interval}))
     try:
-        _log(paths, p, spec, df, result, pictures, data.precision, unavailable)
+        _log(paths, p, spec=spec, df=df, result=result, pictures=pictures, precision=precision, unavailable=unavailable, metrics=metrics)
     except Exception as error:  # noqa: BLE001 - any store failure: the results on disk stand
         message = (f"MLflow store {tracking.tracking_uri()} could not take the grid ({type(error).__name__}: {error}); "
                    f"results/ and metrics/eval.json are complete. Not logged: the parent run, {len(df)} child runs, "
@@ -208,6 +233,6 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
         kind = int(((df["mask"] == mask) & (df.method == "maskgit") & (df.status == "ok")).sum())
         for metric in HEADLINE_METRICS:
             print(headline(mask, metric, result.picks.get(mask, {}).get(metric), kind))
-    print(f"eval_grid: {len(df)} cells ({int((df.status != 'ok').sum())} failed) over {len(trajectories)} trajectories, "
-          f"{p.confidence:.0%} intervals from {p.bootstrap_resamples} resamples, {data.precision.describe()} -> {paths.results}")
+    print(f"eval_grid: {len(df)} cells ({metrics['failed_cells']} failed) over {len(trajectories)} trajectories, "
+          f"{p.confidence:.0%} intervals from {p.bootstrap_resamples} resamples, {precision.describe()} -> {paths.results}")
     return per_mask

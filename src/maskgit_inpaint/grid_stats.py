@@ -48,10 +48,10 @@ class Pick:
     selection: float  # its value on the selection half, where it won
     report: stats.Interval  # its value and interval on the report half
     tied: list[dict] = field(default_factory=list)  # cells the report half cannot tell from it
-    against: dict[str, dict] = field(default_factory=dict)  # baseline -> its difference on the report half, with verdict
+    against: dict[str, dict] = field(default_factory=dict)  # baseline -> its value and difference on the report half, with verdict
 
     def as_json(self) -> dict:
-        return {"cell": self.cell, "selection": self.selection, "report": asdict(self.report),
+        return {"cell": self.cell, "name": name_of(self.cell), "selection": self.selection, "report": asdict(self.report),
                 "tied": self.tied, "tied_count": len(self.tied), "against": self.against}
 
 
@@ -170,7 +170,6 @@ def compute(cells: list[evaluation.Cell], halves: stats.Split, settings: Setting
     return GridStats(table, pd.DataFrame(comparisons, columns=CELL_KEYS + COMPARISON_COLUMNS), picks)
 
 
-
 def _pick(refs: dict, cells: list[evaluation.Cell], metric: str, halves: stats.Split, settings: Settings, extra: dict) -> Pick:
     best = refs["best"]
     if metric in evaluation.PER_IMAGE:
@@ -184,8 +183,8 @@ def _pick(refs: dict, cells: list[evaluation.Cell], metric: str, halves: stats.S
     # The pick against each baseline on the report half: one Holm family of these comparisons.
     against = {name: compare(best, refs[name], metric, settings, halves.report) for name in BASELINES if name in refs and refs[name] is not best}
     adjusted = stats.holm(np.array([c.p for c in against.values()]))
-    summary = {name: {**asdict(c), "p_holm": p, "verdict": stats.verdict(c.difference, p, alpha=settings.alpha,
-                                                                           lower_is_better=metric in LOWER_IS_BETTER)}
+    summary = {name: {"baseline_value": _half_value(refs[name], metric, halves.report, "report"), **asdict(c), "p_holm": p,
+                      "verdict": stats.verdict(c.difference, p, alpha=settings.alpha, lower_is_better=metric in LOWER_IS_BETTER)}
                for (name, c), p in zip(against.items(), adjusted)}
     return Pick(keys_of(best.row), _half_value(best, metric, halves.selection, "selection"), report, tied, summary)
 
