@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maskgit_inpaint import config, masks, metrics, runtime, sampling
+from maskgit_inpaint import config, masks, metrics, runtime, sampling, schedules
 from maskgit_inpaint.data import shards
 from maskgit_inpaint.data.images import RejectedImage, prepare_image, read_file
 from maskgit_inpaint.evaluation import composite, decode_pixels
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     inpaint.add_argument("image", help="any image file PIL reads; fitted (shorter side, center crop) to the tokenizer's size")
     inpaint.add_argument("out", help="where to write the completed image (PNG)")
     inpaint.add_argument("--mask", choices=masks.KINDS, default=masks.KINDS[0])
-    inpaint.add_argument("--schedule", choices=sorted(sampling.SCHEDULES), help="default: the first of eval.schedules")
+    inpaint.add_argument("--schedule", choices=sorted(schedules.SCHEDULES), help="default: the first of eval.schedules")
     inpaint.add_argument("--T", type=int, help="decoding steps; default: the largest of eval.T")
     args = parser.parse_args(argv)
     try:
