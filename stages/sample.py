@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 from maskgit_inpaint import config
 from maskgit_inpaint.data import sample
 from maskgit_inpaint.io import atomic_dir
+
+
+def summary_line(counts: sample.SampleCounts, image_size: int, out: Path) -> str:
+    return (f"sample: {counts.train} train + {counts.val} val images, {counts.categories} categories, "
+            f"{image_size}px -> {out}")
 
 
 def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
@@ -14,9 +20,10 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     params = config.load(params_file)
     p, out = params.sample, params.paths.raw
     with atomic_dir(out) as tmp:
-        counts = sample.generate(tmp, p.seed, p.image_size, p.train_per_category, p.val_per_category, p.noise)
-    print(f"sample: {counts['train']} train + {counts['val']} val images, {counts['categories']} categories, "
-          f"{p.image_size}px -> {out} ({time.perf_counter() - began:.1f}s)")
+        counts = sample.generate(tmp, seed=p.seed, image_size=p.image_size, train_per_category=p.train_per_category,
+                                 val_per_category=p.val_per_category, noise=p.noise)
+        line = summary_line(counts, p.image_size, out)  # inside: a failure here leaves no out behind
+    print(f"{line} ({time.perf_counter() - began:.1f}s)")
 
 
 if __name__ == "__main__":

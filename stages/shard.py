@@ -8,8 +8,15 @@ from pathlib import Path
 
 from maskgit_inpaint import config
 from maskgit_inpaint.data import sharding, sources
+from maskgit_inpaint.data.manifest import MANIFEST, RejectedRow, ShardManifest, SplitManifest, index_path
 from maskgit_inpaint.data.places365 import SPLITS
-from maskgit_inpaint.io import atomic_dir, write_json
+from maskgit_inpaint.io import atomic_dir
+
+
+def summary_line(manifest: ShardManifest, manifest_path: Path) -> str:
+    train, val = manifest.splits["train"], manifest.splits["val"]
+    return (f"shard: {manifest.source} ({manifest.layout}): train {train.count} images in {len(train.shards)} shards, "
+            f"val {val.count} in {len(val.shards)}; {manifest.rejected_count} rejected (reasons in {manifest_path})")
 
 
 # No torch in this stage: the worker pool's spawned processes re-import this module.
@@ -27,26 +34,19 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     work_dir = params.paths.checkpoints / "shard"
     encoding = sharding.Encoding(p.image_size, p.min_side, p.jpeg_quality)
     built = sharding.write_shards(jobs["train"] + jobs["val"], work_dir, encoding, p.workers)
-    manifest = {"source": str(root), "layout": source.description, "image_size": p.image_size,
-                "categories": source.categories, "splits": {}}
+    manifest = ShardManifest(
+        source=str(root), layout=source.description, image_size=p.image_size, categories=source.categories,
+        splits={split: SplitManifest.of([shard for shard in built if shard.name.startswith(f"{split}-")],
+                                        [RejectedRow(**row) for row in source.rejected[split]])
+                for split in SPLITS})
+    line = summary_line(manifest, out / MANIFEST)  # before any out is written or the resumable shards are removed
     with atomic_dir(out) as tmp:
-        for split in SPLITS:
-            results = [r for r in built if r["name"].startswith(f"{split}-")]
-            for r in results:
-                for path in (work_dir / r["name"], sharding.index_path(work_dir / r["name"])):
-                    shutil.move(path, tmp / path.name)
-            manifest["splits"][split] = {
-                "count": sum(r["count"] for r in results),
-                "rejected": source.rejected[split] + [row for r in results for row in r["rejected"]],
-                "shards": [{"name": r["name"], "sha256": r["sha256"]} for r in results],
-            }
-        write_json(tmp / sharding.MANIFEST, manifest)
+        for shard in built:
+            for path in (work_dir / shard.name, index_path(work_dir / shard.name)):
+                shutil.move(path, tmp / path.name)
+        manifest.write(tmp / MANIFEST)
     shutil.rmtree(work_dir)
-    splits = manifest["splits"]
-    rejected = sum(len(s["rejected"]) for s in splits.values())
-    print(f"shard: {root} ({source.description}): train {splits['train']['count']} images in {len(splits['train']['shards'])} "
-          f"shards, val {splits['val']['count']} in {len(splits['val']['shards'])}; {rejected} rejected "
-          f"(reasons in {out / sharding.MANIFEST}) ({time.perf_counter() - began:.1f}s)")
+    print(f"{line} ({time.perf_counter() - began:.1f}s)")
 
 
 if __name__ == "__main__":

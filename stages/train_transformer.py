@@ -8,14 +8,28 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 
-from maskgit_inpaint import config, tracking
+from maskgit_inpaint import config, runtime, tracking
 from maskgit_inpaint.io import atomic_dir, write_json
 from maskgit_inpaint.models.checkpoint import save_model
 from maskgit_inpaint.training import distributed, transformer
 from maskgit_inpaint.training.curves import write_curve
+
+
+def summary_line(metrics: transformer.TransformerMetrics, precision: runtime.Precision, out: Path) -> str:
+    per_ratio = ", ".join(f"{score.accuracy:.3f} at {ratio}" for ratio, score in metrics.val.items())
+    mfu = "" if metrics.mfu is None else f", MFU {metrics.mfu:.1%}"
+    return (f"train_transformer: {metrics.steps} steps, {metrics.parameters / 1e6:.2f}M params, {metrics.processes} process(es), "
+            f"{metrics.tokens_per_s:.0f} tokens/s{mfu}; val masked-token accuracy {per_ratio} "
+            f"(most-frequent-token baseline {metrics.baseline_accuracy:.3f}), {precision.describe()} -> {out}")
+
+
+def run_summary(metrics: transformer.TransformerMetrics, precision: runtime.Precision) -> dict:
+    """metrics/transformer_summary.json: what describes the figures of transformer.json rather than being one."""
+    return {"eval_mask_ratios": list(metrics.val), "runtime": precision.facts()}
 
 
 def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
@@ -29,26 +43,23 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     with run:
         result = transformer.train(p, paths.tokens, state, procs, dev)
         if procs.main:
+            # Everything the outs and the summary read from the result is read before any out is written.
+            line = summary_line(result.metrics, result.precision, paths.transformer)
+            flat, described = result.metrics.flat(), run_summary(result.metrics, result.precision)
             with atomic_dir(paths.transformer) as tmp:
-                save_model(result.model, tmp, extra={"steps": p.steps, "metrics": result.metrics})
+                save_model(result.model, tmp, extra={"steps": p.steps})
             mlflow.log_artifacts(str(paths.transformer), artifact_path="model")
             mlflow.log_params(tracking.runtime_params(result.precision))
     distributed.stop(procs)
     if not procs.main:
         return
-    write_json(paths.metrics / "transformer.json", {**result.metrics, "runtime": result.precision.facts()})
+    write_json(paths.metrics / "transformer.json", flat)
+    write_json(paths.metrics / "transformer_summary.json", described)
     ratios = [f"val_accuracy_{r}" for r in p.eval_mask_ratios]
     write_curve(paths.metrics / "transformer_train.csv", result.curve, ["step", "train_loss", "lr", "tokens_per_s"])
     write_curve(paths.metrics / "transformer_val.csv", result.curve, ["step", "val_accuracy", "val_nll", *ratios])
     state.unlink(missing_ok=True)  # outs are complete: nothing left to resume
-    m = result.metrics
-    n_params = sum(q.numel() for q in result.model.parameters())
-    per_ratio = ", ".join(f"{m[f'val_accuracy_{r}']:.3f} at {r}" for r in p.eval_mask_ratios)
-    mfu = f", MFU {m['mfu']:.1%}" if "mfu" in m else ""
-    print(f"train_transformer: {p.steps} steps, {n_params / 1e6:.2f}M params, {procs.world} process(es), "
-          f"{m['tokens_per_s']:.0f} tokens/s{mfu}; val masked-token accuracy {per_ratio} "
-          f"(most-frequent-token baseline {m['baseline_accuracy']:.3f}), {result.precision.describe()} -> {paths.transformer} "
-          f"({time.perf_counter() - began:.0f}s)")
+    print(f"{line} ({time.perf_counter() - began:.0f}s)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from maskgit_inpaint.data import archives, sharding, shards, sources
+from maskgit_inpaint.data.manifest import index_path
 
 from conftest import kill_stage_at_first_checkpoint, run_stage, write_tiny_params
 
@@ -184,9 +185,9 @@ def test_worker_pool_writes_the_same_shards_as_one_process(tmp_path):
     one = sharding.write_shards(jobs, tmp_path / "one", encoding, workers=0)
     pool = sharding.write_shards(jobs, tmp_path / "pool", encoding, workers=2)
     assert one == pool and len(one) == 3
-    for path in [Path(r["name"]) for r in one] + [sharding.index_path(r["name"]) for r in one]:
+    for path in [Path(r.name) for r in one] + [index_path(r.name) for r in one]:
         assert (tmp_path / "one" / path).read_bytes() == (tmp_path / "pool" / path).read_bytes()
-    assert sum(r["count"] for r in one) == 6 and all(".tmp" not in p.name for p in (tmp_path / "pool").iterdir())
+    assert sum(r.count for r in one) == 6 and all(".tmp" not in p.name for p in (tmp_path / "pool").iterdir())
 
 
 def test_a_killed_shard_stage_resumes_to_identical_shards(tmp_path, monkeypatch):
@@ -248,6 +249,6 @@ def test_a_broken_link_among_photos_is_rejected_with_its_target_not_skipped(tmp_
     source = sources.open_source(photos, 0.4, seed=0)
     jobs = [job for split in ("train", "val") for job in sharding.plan(split, source.splits[split], 100, 1)]
     built = sharding.write_shards(jobs, tmp_path / "shards", sharding.Encoding(32, 1, None), workers=0)
-    assert sum(r["count"] for r in built) == 2
-    assert [row for r in built for row in r["rejected"]] == [
+    assert sum(r.count for r in built) == 2
+    assert [row.model_dump() for r in built for row in r.rejected] == [
         {"path": "gone.jpg", "reason": f"broken link to {tmp_path / 'moved-away.jpg'}"}]

@@ -1,23 +1,33 @@
 import io
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from maskgit_inpaint.data import images, places365, sample, sharding, shards
+from maskgit_inpaint import runtime
+from maskgit_inpaint.data import images, places365, sample, sharding, shards, tokens
+from maskgit_inpaint.data.manifest import MANIFEST, BuiltShard, RejectedRow, ShardManifest, SplitManifest, index_path
+from maskgit_inpaint.data.records import StoredRecordError
 from maskgit_inpaint.data.scenes import CATEGORIES
 from maskgit_inpaint.io import atomic_dir
+from stages import extract_tokens as extract_tokens_stage
+from stages import sample as sample_stage
+from stages import shard as shard_stage
 
-from conftest import run_stage, write_tiny_params
+from conftest import run_stage, stage_env, write_tiny_params
 
 
 def test_sample_is_places365_layout_and_deterministic(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     counts = sample.generate(a, seed=3, image_size=32, train_per_category=2, val_per_category=1, noise=0.02)
     sample.generate(b, seed=3, image_size=32, train_per_category=2, val_per_category=1, noise=0.02)
-    assert counts == {"train": 2 * len(CATEGORIES), "val": len(CATEGORIES), "categories": len(CATEGORIES)}
+    assert counts == sample.SampleCounts(train=2 * len(CATEGORIES), val=len(CATEGORIES), categories=len(CATEGORIES))
     assert places365.read_categories(a) == list(CATEGORIES)
     train = places365.read_split(a, "train")
     val = places365.read_split(a, "val")
@@ -64,7 +74,7 @@ def test_shard_stage_rejects_and_counts_bad_files(tiny_project):
     assert "cannot decode" in reasons[entries[0].relative]
     assert reasons[entries[2].relative] == "file listed but missing"
     assert len(train["shards"]) >= 2  # at least as many shards as loader workers
-    assert all(sharding.index_path(tiny_project / "data/shards" / s["name"]).is_file() for s in train["shards"])
+    assert all(index_path(tiny_project / "data/shards" / s["name"]).is_file() for s in train["shards"])
 
     images, keys = shards.load_split(shards.shard_urls(tiny_project / "data/shards", "train"))
     assert images.shape == (len(entries) - 3, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
@@ -111,7 +121,7 @@ def test_shards_are_byte_reproducible(tmp_path):
         jobs = sharding.plan("train", entries, max_count=5, min_shards=2)
         runs.append(sharding.write_shards(jobs, tmp_path / name, sharding.Encoding(32, 1, None), workers=0))
     assert runs[0] == runs[1] and len(runs[0]) >= 2
-    assert (tmp_path / "a" / runs[0][0]["name"]).read_bytes() == (tmp_path / "b" / runs[0][0]["name"]).read_bytes()
+    assert (tmp_path / "a" / runs[0][0].name).read_bytes() == (tmp_path / "b" / runs[0][0].name).read_bytes()
 
 
 def _png(tmp_path, name, img, **save):
@@ -180,3 +190,93 @@ def test_any_folder_of_images_shards_with_a_seeded_val_split(tmp_path, monkeypat
     assert sample_["cls"] == -1
     again = run_stage("shard", project)  # the same seed picks the same val images
     assert again.returncode == 0 and json.loads((project / "data/shards/manifest.json").read_text()) == manifest
+
+
+def _manifest() -> ShardManifest:
+    missing = RejectedRow(path="/c/coast/00000009.jpg", reason="file listed but missing")
+    broken = RejectedRow(path="/c/coast/00000002.jpg", reason="cannot decode")
+    train = [BuiltShard(name="train-000000.tar", count=3, rejected=[broken], sha256="ab"),
+             BuiltShard(name="train-000001.tar", count=2, rejected=[], sha256="cd")]
+    val = [BuiltShard(name="val-000000.tar", count=1, rejected=[], sha256="ef")]
+    return ShardManifest(source="data/raw", layout="Places365 file lists, extracted", image_size=32, categories=["/c/coast"],
+                         splits={"train": SplitManifest.of(train, [missing]), "val": SplitManifest.of(val, [])})
+
+
+def _token_meta() -> tokens.TokenMeta:
+    return tokens.TokenMeta(codebook_size=32, grid=(8, 8), downsample=4, image_size=32, dtype="uint16", vqgan_sha256="ab",
+                            train_count=2, train_keys=["a", "b"], val_count=1, val_keys=["c"])
+
+
+def _rewrite(path, edit) -> None:
+    on_disk = json.loads(path.read_text())
+    edit(on_disk)
+    path.write_text(json.dumps(on_disk))
+
+
+def test_the_manifest_round_trips_and_an_older_one_names_the_fix(tmp_path):
+    manifest = _manifest()
+    manifest.write(tmp_path / MANIFEST)
+    assert shards.load_manifest(tmp_path) == manifest
+    on_disk = json.loads((tmp_path / MANIFEST).read_text())  # the JSON users and tests read
+    assert on_disk["image_size"] == 32 and on_disk["splits"]["train"] == {
+        "count": 5,
+        "rejected": [{"path": "/c/coast/00000009.jpg", "reason": "file listed but missing"},  # the source's first
+                     {"path": "/c/coast/00000002.jpg", "reason": "cannot decode"}],
+        "shards": [{"name": "train-000000.tar", "sha256": "ab"}, {"name": "train-000001.tar", "sha256": "cd"}]}
+    assert shards.shard_urls(tmp_path, "val") == [str(tmp_path / "val-000000.tar")]
+
+    def older(m):
+        del m["image_size"], m["splits"]["val"]["shards"]
+        m["splits"]["train"]["rejected"][0] = "/c/coast/00000009.jpg"
+    _rewrite(tmp_path / MANIFEST, older)
+    with pytest.raises(StoredRecordError, match=r"manifest.json: not a ShardManifest this code reads \(image_size: Field "
+                       r"required; splits.train.rejected.0: .*; splits.val.shards: Field required\).*`dvc repro -f shard`"):
+        shards.load_manifest(tmp_path)
+    manifest.write(tmp_path / MANIFEST)
+    _rewrite(tmp_path / MANIFEST, lambda m: m["splits"].pop("val"))
+    with pytest.raises(StoredRecordError, match=r"splits must be \['train', 'val'\], not \['train'\]"):
+        shards.load_manifest(tmp_path)
+    (tmp_path / MANIFEST).write_text('{"source": ')  # cut short
+    with pytest.raises(StoredRecordError, match=r"manifest.json: not a ShardManifest this code reads \(not JSON"):
+        shards.load_manifest(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"elsewhere/manifest.json: not found; run `dvc repro shard` first"):
+        shards.load_manifest(tmp_path / "elsewhere")
+
+
+def test_token_meta_round_trips_and_an_older_one_names_the_fix(tmp_path):
+    meta = _token_meta()
+    meta.write(tmp_path / tokens.META)
+    assert tokens.load_meta(tmp_path) == meta and tokens.load_meta(tmp_path).val_keys == ["c"]
+    assert json.loads((tmp_path / tokens.META).read_text())["grid"] == [8, 8]
+    _rewrite(tmp_path / tokens.META, lambda m: m.pop("vqgan_sha256"))
+    with pytest.raises(StoredRecordError, match=r"meta.json: not a TokenMeta this code reads \(vqgan_sha256: Field "
+                       r"required\).*`dvc repro -f extract_tokens`"):
+        tokens.load_meta(tmp_path)
+    meta.write(tmp_path / tokens.META)
+    _rewrite(tmp_path / tokens.META, lambda m: m.update(train_count=3, keys=[]))
+    with pytest.raises(StoredRecordError, match=r"keys: Extra inputs are not permitted"):
+        tokens.load_meta(tmp_path)
+    _rewrite(tmp_path / tokens.META, lambda m: m.pop("keys"))
+    with pytest.raises(StoredRecordError, match=r"train_count is 3 but there are 2 train_keys"):
+        tokens.load_meta(tmp_path)
+
+
+def test_stage_summary_lines_are_built_from_typed_results():
+    assert (sample_stage.summary_line(sample.SampleCounts(train=72, val=18, categories=6), 32, Path("data/raw"))
+            == "sample: 72 train + 18 val images, 6 categories, 32px -> data/raw")
+    assert shard_stage.summary_line(_manifest(), Path("data/shards/manifest.json")) == (
+        "shard: data/raw (Places365 file lists, extracted): train 5 images in 2 shards, val 1 in 1; 2 rejected "
+        "(reasons in data/shards/manifest.json)")
+    prec = runtime.precision("fp32", torch.device("cpu"), runtime.Hardware("cpu", "Test CPU", "AVX2", native_bf16=False))
+    assert extract_tokens_stage.summary_line(_token_meta(), prec, Path("data/tokens")) == (
+        "extract_tokens: train 2 + val 1 images -> 8x8 tokens (K=32), fp32 on cpu (Test CPU, AVX2, no native bf16) -> data/tokens")
+
+
+@pytest.mark.parametrize("module", ["stages.shard", "maskgit_inpaint.data.tokens"])
+def test_the_shard_stage_and_token_reading_import_no_torch(module):
+    # The shard stage's spawned workers each re-import it, and reading tokens needs no tokenizer: torch would cost
+    # seconds per process for nothing. A fresh interpreter, since this one has torch loaded already.
+    check = (f"import sys, {module}; loaded = sorted(m for m in sys.modules if m.startswith('maskgit_inpaint')); "
+             "sys.exit(f'torch imported along with {loaded}' if 'torch' in sys.modules else 0)")
+    done = subprocess.run([sys.executable, "-c", check], env=stage_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -1,7 +1,10 @@
+import dataclasses
+import json
+
 import pytest
 import torch
 
-from maskgit_inpaint.models.checkpoint import save_model
+from maskgit_inpaint.models.checkpoint import CONFIG, save_model
 from maskgit_inpaint.models.transformer import LocalMixing, MaskedTokenTransformer, TransformerConfig
 from maskgit_inpaint.models.vqgan import VQGAN, VQGANConfig
 
@@ -40,6 +43,19 @@ def test_saved_models_reload_identically(tmp_path):
     assert MaskedTokenTransformer.load(tmp_path / "tf").config.local_mixing
     ids = torch.randint(0, 9, (2, 16))
     assert torch.equal(MaskedTokenTransformer.load(tmp_path / "tf")(ids), tf(ids))
+
+
+def test_a_model_directory_holds_the_model_and_its_bytes_follow_the_weights(tmp_path):
+    tf = MaskedTokenTransformer(TransformerConfig(codebook_size=8, n_tokens=16, n_layer=1, n_head=2, n_embd=16))
+    for name in ("a", "b"):
+        save_model(tf, tmp_path / name, extra={"steps": 3})
+    assert json.loads((tmp_path / "a" / CONFIG).read_text()) == {"model": dataclasses.asdict(tf.config), "steps": 3}
+    assert all((tmp_path / "a" / f.name).read_bytes() == f.read_bytes() for f in (tmp_path / "b").iterdir())
+    with torch.no_grad():
+        tf.head.bias.add_(1.0)
+    save_model(tf, tmp_path / "changed", extra={"steps": 3})
+    assert (tmp_path / "changed" / CONFIG).read_bytes() == (tmp_path / "a" / CONFIG).read_bytes()
+    assert (tmp_path / "changed/model.safetensors").read_bytes() != (tmp_path / "a/model.safetensors").read_bytes()
 
 
 def test_transformer_is_bidirectional():

@@ -15,6 +15,7 @@ from PIL import Image
 from torchvision.io import decode_image
 
 from maskgit_inpaint.data import sharding, shards
+from maskgit_inpaint.data.manifest import INDEX_FIELDS, index_path
 from maskgit_inpaint.data.places365 import Entry, key_for
 
 
@@ -47,10 +48,10 @@ def test_samples_come_back_as_written_long_names_included(shard_urls):
 
 def test_the_index_beside_each_shard_points_at_its_images_and_reads_as_the_tar_does(shard_urls, tmp_path):
     for url in shard_urls:
-        index, data = json.loads(sharding.index_path(url).read_text()), Path(url).read_bytes()
+        index, data = json.loads(index_path(url).read_text()), Path(url).read_bytes()
         with tarfile.open(url) as tar:  # tarfile's own reading, independent of ours; nothing is extracted to disk
             members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        rows = list(zip(*(index[field] for field in sharding.INDEX_FIELDS)))
+        rows = list(zip(*(index[field] for field in INDEX_FIELDS)))
         assert index["shard_bytes"] == len(data) and len(members) == 2 * len(rows) == 12
         for key, ext, start, size, label in rows:
             assert data[start:start + size] == members[f"{key}.{ext}"] and members[f"{key}.cls"] == str(label).encode()
@@ -67,7 +68,7 @@ def test_a_stale_or_damaged_index_names_the_file_and_the_fix(shard_urls, tmp_pat
     shard, index = tmp_path / "train-000000.tar", tmp_path / "train-000000.idx"
     data = Path(shard_urls[0]).read_bytes()
     shard.write_bytes(data + bytes(512))  # the shard changed after its index was written
-    index.write_bytes(sharding.index_path(shard_urls[0]).read_bytes())
+    index.write_bytes(index_path(shard_urls[0]).read_bytes())
     stale = f"{shard}: {len(data) + 512} bytes, but its index train-000000.idx was written for a shard of {len(data)}"
     with pytest.raises(shards.ShardFormatError, match=re.escape(stale) + ".*dvc repro shard"):
         list(shards.dataset([str(shard)], shuffle_seed=None))

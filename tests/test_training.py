@@ -1,7 +1,10 @@
+import dataclasses
 import json
+import math
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -11,12 +14,13 @@ from safetensors.torch import load_file
 
 from maskgit_inpaint import config, runtime
 from maskgit_inpaint.io import sha256_file
-from maskgit_inpaint.models.checkpoint import load_training_state
+from maskgit_inpaint.models.checkpoint import CONFIG, load_training_state
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer, TransformerConfig
 from maskgit_inpaint.training import transformer
 from maskgit_inpaint.training.distributed import Processes
 from maskgit_inpaint.training.resume import Resume, ResumeMismatch
-from maskgit_inpaint.training.transformer import training_flops_per_token
+from maskgit_inpaint.training.transformer import TransformerMetrics, ValScores, training_flops_per_token
+from stages import train_transformer as train_stage
 
 from conftest import kill_stage_at_first_checkpoint, run_stage, stage_env, write_tiny_params
 
@@ -112,5 +116,53 @@ def test_forced_fp16_trains_with_loss_scaling(tiny_chain, tmp_path, monkeypatch)
         result = transformer.train(p, tiny_chain / "data/tokens", state, Processes(0, 1, 0), torch.device("cpu"))
     assert result.precision.name == "fp16" and result.precision.grad_scaler().is_enabled()
     assert all(torch.isfinite(q).all() for q in result.model.parameters())
-    assert np.isfinite(result.metrics["val_nll"])
+    assert all(np.isfinite(score.nll) for score in result.metrics.val.values())
     assert load_training_state(state)["scaler"]["scale"] > 0  # a resume continues with the same loss scale
+
+
+def _is_flat_numeric(figures: dict) -> bool:
+    """The metrics convention: one level, finite int or float values (bools are ints to Python, not to DVC)."""
+    return all(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+               for value in figures.values())
+
+
+def test_metrics_are_flat_numbers_and_the_model_directory_holds_the_model_only(tiny_chain):
+    metrics = json.loads((tiny_chain / "metrics/transformer.json").read_text())
+    assert _is_flat_numeric(metrics) and {"val_accuracy_0.5", "tokens_per_s", "parameters", "best_step"} <= set(metrics)
+    summary = json.loads((tiny_chain / "metrics/transformer_summary.json").read_text())
+    assert summary["eval_mask_ratios"] == [0.25, 0.5, 0.75] and summary["runtime"]["device"] == "cpu"
+    saved = json.loads((tiny_chain / "models/transformer" / CONFIG).read_text())
+    assert set(saved) == {"model", "steps"} and saved["steps"] == 20  # nothing measured: no metrics, no timings
+
+
+def test_the_same_training_gives_a_byte_identical_model_directory(tiny_chain, tmp_path, monkeypatch):
+    # What lets a second `dvc repro` after an unchanged `dvc repro -f train_transformer` find everything downstream
+    # up to date: the out's bytes depend on the tokens and params alone (same machine, same number of threads).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # one store: created once
+    directories = []
+    for name in ("first", "second"):
+        _project(tiny_chain, tmp_path / name, {"steps": 10, "eval_every": 10})
+        monkeypatch.chdir(tmp_path / name)
+        train_stage.main("params.yaml")  # in this process: a second interpreter start would double the test's time
+        model_dir = tmp_path / name / "models/transformer"
+        directories.append({path.name: sha256_file(path) for path in sorted(model_dir.iterdir())})
+    assert directories[0] == directories[1] and set(directories[0]) == {"model.safetensors", CONFIG}
+    first, second = (json.loads((tmp_path / name / "metrics/transformer.json").read_text()) for name in ("first", "second"))
+    assert first["val_accuracy"] == second["val_accuracy"]
+
+
+def test_the_summary_line_and_the_metrics_file_come_from_typed_results():
+    metrics = TransformerMetrics(val={0.25: ValScores(accuracy=0.5, nll=1.0), 0.75: ValScores(accuracy=0.25, nll=3.0)},
+                                 baseline_accuracy=0.125, best_val_accuracy=0.4, best_step=10, parameters=2_500_000,
+                                 steps=20, processes=2, tokens_per_s=1234.4, mfu=None)
+    assert metrics.flat() == {"val_accuracy_0.25": 0.5, "val_nll_0.25": 1.0, "val_accuracy_0.75": 0.25, "val_nll_0.75": 3.0,
+                              "val_accuracy": 0.375, "val_nll": 2.0, "baseline_accuracy": 0.125, "best_val_accuracy": 0.4,
+                              "best_step": 10, "parameters": 2_500_000, "steps": 20, "processes": 2, "tokens_per_s": 1234.4}
+    prec = runtime.precision("fp32", torch.device("cpu"), runtime.Hardware("cpu", "Test CPU", "AVX2", native_bf16=False))
+    out = Path("models/transformer")
+    assert train_stage.summary_line(metrics, prec, out) == (
+        "train_transformer: 20 steps, 2.50M params, 2 process(es), 1234 tokens/s; val masked-token accuracy 0.500 at 0.25, "
+        "0.250 at 0.75 (most-frequent-token baseline 0.125), fp32 on cpu (Test CPU, AVX2, no native bf16) -> models/transformer")
+    with_mfu = dataclasses.replace(metrics, mfu=0.123)
+    assert ", MFU 12.3%;" in train_stage.summary_line(with_mfu, prec, out) and with_mfu.flat()["mfu"] == 0.123
+    assert train_stage.run_summary(metrics, prec) == {"eval_mask_ratios": [0.25, 0.75], "runtime": prec.facts()}

@@ -147,7 +147,7 @@ def load_data(spec: GridSpec) -> EvalData:
             transformer = MaskedTokenTransformer.load(spec.transformer_dir, dev)
             meta = token_store.load_meta(spec.tokens_dir)
             images, keys = shards.load_split(shards.shard_urls(spec.shards_dir, "val"), spec.num_images)
-            if keys != meta["val_keys"][: len(keys)]:
+            if keys != meta.val_keys[: len(keys)]:
                 raise ValueError(f"{spec.tokens_dir}: val tokens do not match the val shards; run `dvc repro extract_tokens`")
             tokens = torch.from_numpy(token_store.load(spec.tokens_dir, "val")[: len(keys)].astype(np.int64))
             lpips_net = perceptual.resolve_lpips(dev, spec.download_weights)

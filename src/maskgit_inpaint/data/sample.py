@@ -1,6 +1,7 @@
 """The embedded sample: procedural scenes written in the Places365-Standard layout."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,16 @@ from maskgit_inpaint.data import places365
 from maskgit_inpaint.data.scenes import CATEGORIES, render
 
 
-def generate(root: Path, seed: int, image_size: int, train_per_category: int, val_per_category: int, noise: float) -> dict:
-    """Write the sample under `root` (which must be empty); returns counts."""
+@dataclass(frozen=True)
+class SampleCounts:
+    train: int  # images
+    val: int
+    categories: int
+
+
+def generate(root: Path, *, seed: int, image_size: int, train_per_category: int, val_per_category: int,
+             noise: float) -> SampleCounts:
+    """Write the sample under `root` (which must be empty); returns what it wrote."""
     train_dir, val_dir = root / places365.SPLIT_DIRS["train"][0], root / places365.SPLIT_DIRS["val"][0]
     rng = np.random.default_rng(seed)
     train, val = [], []
@@ -34,4 +43,4 @@ def generate(root: Path, seed: int, image_size: int, train_per_category: int, va
             val.append((name, label))
             bar.update()
     places365.write_layout(root, list(CATEGORIES), train, val)
-    return {"train": len(train), "val": len(val), "categories": len(CATEGORIES)}
+    return SampleCounts(train=len(train), val=len(val), categories=len(CATEGORIES))

@@ -28,14 +28,11 @@ from tqdm import tqdm
 
 from maskgit_inpaint.data import archives
 from maskgit_inpaint.data.images import RejectedImage, prepare_image, read_file
+from maskgit_inpaint.data.manifest import INDEX_FIELDS, BuiltShard, RejectedRow, index_path
 from maskgit_inpaint.data.places365 import Entry
 from maskgit_inpaint.io import atomic_file, sha256_file, write_json
 
-MANIFEST = "manifest.json"  # beside the shards: source, categories, per split the count, rejects and shard sha256s
 PLAN = "plan.json"  # fingerprint of the plan the shards in a work folder belong to
-INDEX_FIELDS = ("keys", "exts", "starts", "sizes", "labels")  # an index's per-sample columns (starts: byte offsets of image data)
-
-
 @dataclass(frozen=True)
 class Encoding:
     image_size: int  # shorter side resized to this, then center-cropped square
@@ -64,11 +61,6 @@ def _read(entry: Entry, handles: dict[Path, BinaryIO]) -> bytes:
     return archives.read_range(handles[entry.path], *entry.span, entry.path, entry.relative)
 
 
-def index_path(shard: Path | str) -> Path:
-    """The index beside a shard: train-000003.tar -> train-000003.idx."""
-    return Path(shard).with_suffix(".idx")
-
-
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> int:
     """Append one member; returns the offset of its data in the tar."""
     info = tarfile.TarInfo(name)
@@ -78,7 +70,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> int:
     return tar.offset - padded  # tar.offset is now past the padded data
 
 
-def build_shard(job: ShardJob, work_dir: Path, encoding: Encoding) -> dict:
+def build_shard(job: ShardJob, work_dir: Path, encoding: Encoding) -> BuiltShard:
     """Write one shard and its index into work_dir (temp names, then renames); returns its count, rejects and sha256."""
     final, tmp = work_dir / job.name, work_dir / f"{job.name}.tmp"
     rejected, index, handles = [], {field: [] for field in INDEX_FIELDS}, {}
@@ -88,7 +80,7 @@ def build_shard(job: ShardJob, work_dir: Path, encoding: Encoding) -> dict:
                 try:
                     data, ext = prepare_image(_read(entry, handles), encoding.image_size, encoding.min_side, encoding.jpeg_quality)
                 except RejectedImage as err:
-                    rejected.append({"path": entry.relative, "reason": str(err)})
+                    rejected.append(RejectedRow(path=entry.relative, reason=str(err)))
                     continue
                 for field, value in zip(INDEX_FIELDS, (entry.key, ext, _add(tar, f"{entry.key}.{ext}", data), len(data), entry.label)):
                     index[field].append(value)
@@ -96,10 +88,10 @@ def build_shard(job: ShardJob, work_dir: Path, encoding: Encoding) -> dict:
     finally:
         for handle in handles.values():
             handle.close()
-    result = {"name": job.name, "count": len(index["keys"]), "rejected": rejected, "sha256": sha256_file(tmp)}
+    result = BuiltShard(name=job.name, count=len(index["keys"]), rejected=rejected, sha256=sha256_file(tmp))
     with atomic_file(index_path(final)) as index_file:  # compact: read once per shard per epoch
         index_file.write_text(json.dumps({"shard_bytes": tmp.stat().st_size, **index}, separators=(",", ":")))
-    write_json(work_dir / f"{job.name}.json", result)
+    result.write(work_dir / f"{job.name}.json")
     os.replace(tmp, final)  # last: the shard's presence under its name marks it complete
     return result
 
@@ -120,13 +112,13 @@ def fingerprint(jobs: list[ShardJob], encoding: Encoding) -> str:
     return digest.hexdigest()
 
 
-def _resumable(work_dir: Path, plan_hash: str) -> dict[str, dict]:
+def _resumable(work_dir: Path, plan_hash: str) -> dict[str, BuiltShard]:
     """Finished shards of an interrupted run of the same plan; anything else in work_dir is cleared."""
     plan_file = work_dir / PLAN
     if plan_file.is_file() and json.loads(plan_file.read_text()).get("fingerprint") == plan_hash:
         for tmp in work_dir.glob("*.tmp"):
             tmp.unlink()
-        return {p.stem: json.loads(p.read_text()) for p in work_dir.glob("*.tar.json") if (work_dir / p.stem).is_file()}
+        return {p.stem: BuiltShard.read(p, made_by="shard") for p in work_dir.glob("*.tar.json") if (work_dir / p.stem).is_file()}
     if work_dir.exists():
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
@@ -134,7 +126,7 @@ def _resumable(work_dir: Path, plan_hash: str) -> dict[str, dict]:
     return {}
 
 
-def write_shards(jobs: list[ShardJob], work_dir: Path, encoding: Encoding, workers: int) -> list[dict]:
+def write_shards(jobs: list[ShardJob], work_dir: Path, encoding: Encoding, workers: int) -> list[BuiltShard]:
     """Build every shard of the plan in work_dir, keeping the finished shards of an interrupted run; results in plan order."""
     done = _resumable(work_dir, fingerprint(jobs, encoding))
     todo = [job for job in jobs if job.name not in done]
@@ -152,6 +144,6 @@ def write_shards(jobs: list[ShardJob], work_dir: Path, encoding: Encoding, worke
                 futures = {pool.submit(build_shard, job, work_dir, encoding): job for job in todo}
                 for future in as_completed(futures):
                     result = future.result()
-                    done[result["name"]] = result
+                    done[result.name] = result
                     bar.update(len(futures[future].entries))
     return [done[job.name] for job in jobs]

@@ -20,8 +20,7 @@ import torch
 import webdataset as wds
 from torchvision.io import ImageReadMode, decode_image
 
-from maskgit_inpaint.data.sharding import INDEX_FIELDS, MANIFEST, index_path
-from maskgit_inpaint.io import read_json
+from maskgit_inpaint.data.manifest import INDEX_FIELDS, MANIFEST, ShardManifest, index_path
 
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
                         category=DeprecationWarning)
@@ -31,13 +30,12 @@ BLOCK = 512  # tar block size
 PAX_HEADER, REGULAR_FILE = ord("x"), (ord("0"), 0)  # tar type flags
 
 
-def load_manifest(shards_dir: Path | str) -> dict:
-    return read_json(Path(shards_dir) / MANIFEST, made_by="shard")
+def load_manifest(shards_dir: Path | str) -> ShardManifest:
+    return ShardManifest.read(Path(shards_dir) / MANIFEST, made_by="shard")
 
 
 def shard_urls(shards_dir: Path | str, split: str) -> list[str]:
-    manifest = load_manifest(shards_dir)
-    urls = [str(Path(shards_dir) / s["name"]) for s in manifest["splits"][split]["shards"]]
+    urls = [str(Path(shards_dir) / shard.name) for shard in load_manifest(shards_dir).splits[split].shards]
     if not urls:
         raise FileNotFoundError(f"{shards_dir}/{MANIFEST}: split {split!r} has no shards; check data.source and rerun `dvc repro shard`")
     return urls

@@ -1,31 +1,40 @@
-"""Token arrays on disk: uint16 (N, h*w), memory-mappable, one per split, plus meta.json."""
+"""Token arrays on disk: uint16 (N, h*w), memory-mappable, one per split, plus meta.json (TokenMeta).
+
+Reading them needs neither torch nor the tokenizer; data/token_encoding.py makes them.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
-import torch
-from tqdm import tqdm
+from pydantic import model_validator
 
-from maskgit_inpaint import runtime
-from maskgit_inpaint.data import shards
-from maskgit_inpaint.io import read_json
-from maskgit_inpaint.models.vqgan import VQGAN
+from maskgit_inpaint.data.records import StoredRecord
 
 META = "meta.json"
 
 
-@torch.no_grad()
-def encode_split(vqgan: VQGAN, urls: list[str], batch_size: int, prec: runtime.Precision) -> tuple[np.ndarray, list[str]]:
-    """Every image of a split -> (N, h*w) uint16 token ids and the sample keys, in shard order."""
-    dev = prec.device
-    arrays, keys = [], []
-    for images, batch_keys in tqdm(shards.iterate_split(urls, batch_size), desc="encode", unit="batch", leave=False):
-        with prec.autocast():
-            ids = vqgan.encode(images.to(dev))  # (B, h, w)
-        arrays.append(ids.flatten(1).to(torch.int32).cpu().numpy().astype(np.uint16))
-        keys.extend(batch_keys)
-    return np.concatenate(arrays), keys
+class TokenMeta(StoredRecord):
+    """What the token arrays beside it hold, and which tokenizer made them."""
+
+    codebook_size: int  # K: ids are 0..K-1 (the transformer's [MASK] is K)
+    grid: tuple[int, int]  # (h, w) tokens per image; a row of an array is h*w ids, row-major
+    downsample: int  # f: a token covers an f x f patch
+    image_size: int  # of the images encoded
+    dtype: Literal["uint16"]
+    vqgan_sha256: str  # of the tokenizer's weights
+    train_count: int
+    train_keys: list[str]  # sample key of each row of train.npy
+    val_count: int
+    val_keys: list[str]
+
+    @model_validator(mode="after")
+    def _counts_match_keys(self) -> TokenMeta:
+        for split, count, keys in (("train", self.train_count, self.train_keys), ("val", self.val_count, self.val_keys)):
+            if count != len(keys):
+                raise ValueError(f"{split}_count is {count} but there are {len(keys)} {split}_keys")
+        return self
 
 
 def load(tokens_dir: Path | str, split: str) -> np.ndarray:
@@ -36,5 +45,5 @@ def load(tokens_dir: Path | str, split: str) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def load_meta(tokens_dir: Path | str) -> dict:
-    return read_json(Path(tokens_dir) / META, made_by="extract_tokens")
+def load_meta(tokens_dir: Path | str) -> TokenMeta:
+    return TokenMeta.read(Path(tokens_dir) / META, made_by="extract_tokens")

@@ -1,10 +1,12 @@
 """Self-describing model files and resumable training state.
 
-A model directory holds `model.safetensors` and `config.json` ({"model": the
-architecture, plus whatever the stage records: step, metrics, data hashes}).
-Training state (weights, optimizer, config, step, best metric, curve, RNG) is one
-`torch.save` file loaded with `weights_only=True`; resuming takes the
-architecture from it.
+A model directory holds the model only: `model.safetensors` and `config.json`
+({"model": the architecture, plus what defines the weights: steps, init}). What a
+run measures (metrics, throughput, the hardware) goes to metrics/, never here: the
+same weights then give a byte-identical directory, and DVC reruns nothing after a
+stage that retrained to the same model. Training state (weights, optimizer,
+config, step, best metric, curve, RNG) is one `torch.save` file loaded with
+`weights_only=True`; resuming takes the architecture from it.
 """
 from __future__ import annotations
 
@@ -23,12 +25,16 @@ CONFIG = "config.json"
 
 
 def save_model(model: nn.Module, directory: Path | str, extra: dict | None = None) -> None:
-    """Write weights and config (model.config is a dataclass) into `directory`."""
+    """Write weights and config (model.config is a dataclass) into `directory`.
+
+    `extra`: what, besides the architecture, defines the weights (steps, init); nothing
+    a run measures (see the module docstring).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, directory / WEIGHTS)
     info = {"model": asdict(model.config), **(extra or {})}
-    (directory / CONFIG).write_text(json.dumps(info, indent=2) + "\n")
+    (directory / CONFIG).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")  # sorted: bytes set by content alone
 
 
 def read_model(directory: Path | str, made_by: str, device: str | torch.device = "cpu") -> tuple[dict, dict[str, torch.Tensor]]:

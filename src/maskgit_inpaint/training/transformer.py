@@ -10,7 +10,7 @@ gradients); rank 0 evaluates, logs and saves.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import mlflow
@@ -35,11 +35,49 @@ LOG_EVERY = 25
 VAL_SEED = 12345  # val masks are the same at every evaluation and in every run
 
 
+@dataclass(frozen=True)
+class ValScores:
+    """Masked-token figures on val at one mask ratio."""
+
+    accuracy: float
+    nll: float  # per masked token
+
+
+def val_columns(scores: dict[float, ValScores]) -> dict[str, float]:
+    """Val figures by mask ratio -> the val curve's columns (and metric keys): per ratio, then their means."""
+    columns = {}
+    for ratio, score in scores.items():
+        columns[f"val_accuracy_{ratio}"], columns[f"val_nll_{ratio}"] = score.accuracy, score.nll
+    columns["val_accuracy"] = float(np.mean([score.accuracy for score in scores.values()]))
+    columns["val_nll"] = float(np.mean([score.nll for score in scores.values()]))
+    return columns
+
+
+@dataclass(frozen=True)
+class TransformerMetrics:
+    """What a run measured (rank 0); `flat()` is metrics/transformer.json."""
+
+    val: dict[float, ValScores]  # at the last step, by eval mask ratio
+    baseline_accuracy: float  # of always answering the train set's most frequent token
+    best_val_accuracy: float  # the best mean over the ratios of any evaluation ...
+    best_step: int  # ... and the step it was measured at
+    parameters: int  # of the model
+    steps: int
+    processes: int
+    tokens_per_s: float  # training throughput in the last log window
+    mfu: float | None  # model FLOPs utilisation in that window; None where the device's peak FLOPs are unknown
+
+    def flat(self) -> dict[str, int | float]:
+        """One level, numbers only (a figure that was not measured is left out)."""
+        scalars = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "val"}
+        return {**val_columns(self.val), **{name: value for name, value in scalars.items() if value is not None}}
+
+
 @dataclass
 class TransformerResult:
     model: MaskedTokenTransformer
     precision: runtime.Precision  # what the run trained in, on which hardware
-    metrics: dict  # final val masked-token accuracy and NLL per mask ratio, the most-frequent-token baseline, best
+    metrics: TransformerMetrics | None  # None on every process but rank 0, which evaluates
     curve: list[dict] = field(default_factory=list)
 
 
@@ -86,8 +124,9 @@ def masked_loss(model: nn.Module, mask_id: int, x: torch.Tensor, mask: torch.Ten
 
 
 @torch.no_grad()
-def evaluate(model: MaskedTokenTransformer, val: torch.Tensor, ratios: tuple[float, ...], batch_size: int, prec: runtime.Precision) -> dict:
-    """Masked-token accuracy and NLL on val at fixed mask ratios, with fixed masks; val_accuracy/val_nll average them."""
+def evaluate(model: MaskedTokenTransformer, val: torch.Tensor, ratios: tuple[float, ...], batch_size: int,
+             prec: runtime.Precision) -> dict[float, ValScores]:
+    """Masked-token accuracy and NLL on val at each of the mask ratios, with fixed masks."""
     dev = next(model.parameters()).device
     model.eval()
     n_tokens = val.shape[1]
@@ -105,10 +144,8 @@ def evaluate(model: MaskedTokenTransformer, val: torch.Tensor, ratios: tuple[flo
             correct += (logits.argmax(-1) == x[mask]).sum().item()
             nll += loss.item() * mask.sum().item()
             total += mask.sum().item()
-        result[f"val_accuracy_{ratio}"], result[f"val_nll_{ratio}"] = correct / total, nll / total
+        result[ratio] = ValScores(accuracy=correct / total, nll=nll / total)
     model.train()
-    result["val_accuracy"] = float(np.mean([result[f"val_accuracy_{r}"] for r in ratios]))
-    result["val_nll"] = float(np.mean([result[f"val_nll_{r}"] for r in ratios]))
     return result
 
 
@@ -123,7 +160,7 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Proce
     resume = Resume(state_path, {**p.model_dump(mode="json"), "precision": prec.name})
     state = resume.load()
     config = (TransformerConfig(**state["model_config"]) if state
-              else model_config(p, meta["codebook_size"], train_tokens.shape[1]))
+              else model_config(p, meta.codebook_size, train_tokens.shape[1]))
     model = MaskedTokenTransformer(config).to(dev)
     decay = [q for n, q in model.named_parameters() if q.dim() >= 2 and "emb" not in n]
     no_decay = [q for n, q in model.named_parameters() if q.dim() < 2 or "emb" in n]
@@ -147,6 +184,7 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Proce
     model.train()
     bar = tqdm(range(start, p.steps), desc="transformer", initial=start, total=p.steps, unit="step", disable=not procs.main)
     window_began, window_start = runtime.clock(dev), start  # throughput is timed between logs, evaluation left out
+    scores: dict[float, ValScores] = {}  # of the latest evaluation; the last step always evaluates
     for step in bar:
         lr = warmup_cosine(step, p.steps, p.warmup_steps, p.lr, p.min_lr)
         for group in optimizer.param_groups:
@@ -172,7 +210,8 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Proce
             if peak:
                 row["mfu"] = flops_per_step / seconds / (peak * procs.world)
             if done % p.eval_every == 0 or done == p.steps:
-                row.update(evaluate(model, val, p.eval_mask_ratios, p.batch_size * 4, prec))
+                scores = evaluate(model, val, p.eval_mask_ratios, p.batch_size * 4, prec)
+                row.update(val_columns(scores))
                 if row["val_accuracy"] > best["val_accuracy"]:
                     best = {"val_accuracy": row["val_accuracy"], "step": done}
             curve.append(row)
@@ -184,9 +223,9 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Proce
         if procs.main and done % p.checkpoint_every == 0 and done < p.steps:
             resume.save(model, optimizer, done, best, curve, {"scaler": scaler.state_dict()})
     if not procs.main:
-        return TransformerResult(model.eval(), prec, {}, curve)
-    final = {k: v for k, v in curve[-1].items() if k.startswith("val_")}
-    result = {**final, "baseline_accuracy": baseline, "best_val_accuracy": best["val_accuracy"], "best_step": best["step"],
-              "eval_mask_ratios": list(p.eval_mask_ratios), "steps": p.steps, "processes": procs.world,
-              "tokens_per_s": curve[-1]["tokens_per_s"], **({"mfu": curve[-1]["mfu"]} if peak else {})}
-    return TransformerResult(model.eval(), prec, result, curve)
+        return TransformerResult(model.eval(), prec, None, curve)
+    last = curve[-1]  # logged at the last step, with `scores`
+    metrics = TransformerMetrics(val=scores, baseline_accuracy=baseline, best_val_accuracy=best["val_accuracy"],
+                                 best_step=best["step"], parameters=sum(q.numel() for q in model.parameters()),
+                                 steps=p.steps, processes=procs.world, tokens_per_s=last["tokens_per_s"], mfu=last.get("mfu"))
+    return TransformerResult(model.eval(), prec, metrics, curve)
