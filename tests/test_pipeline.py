@@ -71,6 +71,12 @@ def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
 
     assert "Data and pipelines are up to date" in _run(["dvc", "repro"], repo)
     assert "eval.json" in _run(["dvc", "metrics", "show"], repo)
+    metrics_files = {p.name for p in (repo / "metrics").glob("*.json") if not p.stem.endswith("_summary")}
+    assert metrics_files == {"vqgan.json", "transformer.json", "eval.json"}
+    for name in metrics_files:  # numbers to compare across experiments; words go to <stage>_summary.json
+        values = json.loads((repo / "metrics" / name).read_text())
+        not_numbers = {k: v for k, v in values.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
+        assert not not_numbers and len(values) <= 60, f"metrics/{name}: {not_numbers or len(values)}"
     for path, expected in EDITS.items():
         original = (repo / path).read_text()
         (repo / path).write_text(original + "# an edit\n")
