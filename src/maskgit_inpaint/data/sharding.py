@@ -33,6 +33,8 @@ from maskgit_inpaint.data.places365 import Entry
 from maskgit_inpaint.io import atomic_file, sha256_file, write_json
 
 PLAN = "plan.json"  # fingerprint of the plan the shards in a work folder belong to
+
+
 @dataclass(frozen=True)
 class Encoding:
     image_size: int  # shorter side resized to this, then center-cropped square
