@@ -158,6 +158,10 @@ class EvalParams(Section):
     T: tuple[int, ...] = Field(..., min_length=1)  # total decoding steps, one trajectory each per schedule
     sweet_spots: tuple[int, ...] = Field(..., min_length=1)  # stop at step k of T (k <= T; k = T is always added)
     temperature: float = Field(..., ge=0.0)  # choice temperature of the Gumbel confidence noise
+    token_temperature: tuple[float, ...] = Field(..., min_length=1)  # softmax temperature of the token draw, a grid axis (1.0: MaskGIT)
+    start_step: int = Field(..., ge=0)  # schedule step decoding starts at (MaskGIT's editing path: 2 of 12); 0: the first
+    token_dilation: int = Field(..., ge=0)  # grow the token mask by this many latent cells (MaskGIT's editing path: 1)
+    random_token_ratio: float = Field(..., gt=0.0, lt=1.0)  # share of tokens the random_tokens mask kind hides
     feather: int = Field(..., ge=0)  # pixels of blend at the mask boundary
     sample_images: int = Field(..., ge=1)  # images in the sample strip
     download_weights: bool  # may LPIPS / FID fetch their pretrained backbones into the torch hub cache?
@@ -172,6 +176,10 @@ class EvalParams(Section):
     def _grid(self) -> "EvalParams":
         if min(self.T) < 1 or min(self.sweet_spots) < 1:
             raise ValueError("T and sweet_spots must be >= 1")
+        if min(self.token_temperature) <= 0:
+            raise ValueError(f"token_temperature values must be > 0, got {list(self.token_temperature)}")
+        if self.start_step >= min(self.T):
+            raise ValueError(f"start_step ({self.start_step}) must be below every T (smallest: {min(self.T)})")
         if self.num_images < 4:
             raise ValueError(f"num_images ({self.num_images}) must be at least 4: the held-out pick splits them in two")
         if self.sample_images > min(self.batch_size, self.num_images):
