@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make run   - create .venv/, install the pinned stack + this package, run `dvc repro`
+#                (make run PROFILE=places365: switch params.yaml to that profile first; see profiles/)
 #   make test  - same set-up, then the test suite (slow end-to-end tests: make test-slow)
 #   make deps  - after adding or removing an import: rewrite the code deps of dvc.yaml
 SHELL := /bin/bash
@@ -20,6 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: $(STAMP)
+	$(if $(PROFILE),python -m maskgit_inpaint.profiles use $(PROFILE))
 	dvc repro
 
 test: $(STAMP)

@@ -79,4 +79,4 @@ def eval_grid(
         except Exception as error:  # noqa: BLE001 - a failed baseline is a row that says so
             print(f"eval-grid: baseline {name} mask={m} failed after retries: {error!r}")
             done.append(evaluation.failed_baseline(name.replace("-", "_"), m, error))
-    return grid_report.publish(params.paths, p, spec, trajectories, done, failed)
+    return grid_report.publish(params.paths, p, spec, trajectories, done, failed, profile=params.profile)

@@ -37,7 +37,8 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     init_path = None if p.init is None else paths.pretrained / p.init  # an absolute init stays as it is
     state_path = paths.checkpoints / "vqgan.pt"
     tags = {"image_size": image_size, "init": str(init_path or "scratch")}
-    with tracking.run("vqgan", run_name="finetune_vqgan", params=p.model_dump(mode="json"), tags=tags):
+    with tracking.run("vqgan", run_name="finetune_vqgan", params=p.model_dump(mode="json"), tags=tags,
+                      profile=params.profile):
         result = vqgan.train(p, image_size=image_size, shards_dir=paths.shards, state_path=state_path, init_path=init_path)
         # Built before any out is written: a field the line names that is gone fails here, not after the outs.
         summary = summary_line(result, p.steps, init_path, paths.vqgan)
@@ -47,7 +48,7 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
         mlflow.log_artifacts(str(paths.vqgan), artifact_path="model")
         mlflow.set_tags({f"unavailable.{k}": v for k, v in result.unavailable.items()})
         mlflow.log_params(tracking.runtime_params(result.precision))
-    write_json(paths.metrics / "vqgan.json", result.metrics.flat())
+    write_json(paths.metrics / "vqgan.json", {"profile": params.profile, **result.metrics.flat()})
     write_json(paths.metrics / "vqgan_summary.json",
                {"runtime": result.precision.facts(), "unavailable": result.unavailable})
     write_curve(paths.metrics / "vqgan_curve.csv", result.curve)

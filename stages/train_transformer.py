@@ -39,7 +39,7 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     procs, dev = distributed.start(p.seed)
     state = paths.checkpoints / "transformer.pt"
     run = tracking.run("transformer", run_name="train_transformer", params=p.model_dump(mode="json"),
-                       tags={"processes": procs.world}) if procs.main else contextlib.nullcontext()
+                       tags={"processes": procs.world}, profile=params.profile) if procs.main else contextlib.nullcontext()
     with run:
         result = transformer.train(p, paths.tokens, state, procs, dev)
         if procs.main:
@@ -53,7 +53,7 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     distributed.stop(procs)
     if not procs.main:
         return
-    write_json(paths.metrics / "transformer.json", flat)
+    write_json(paths.metrics / "transformer.json", {"profile": params.profile, **flat})
     write_json(paths.metrics / "transformer_summary.json", described)
     ratios = [f"val_accuracy_{r}" for r in p.eval_mask_ratios]
     write_curve(paths.metrics / "transformer_train.csv", result.curve, ["step", "train_loss", "lr", "tokens_per_s"])

@@ -33,13 +33,14 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def write_tiny_params(dest: Path, **section_updates: dict) -> Path:
-    """The repo's params.yaml with the tiny overrides (and `section_updates`) merged in, written to `dest`."""
+    """The repo's params.yaml with the tiny overrides (and `section_updates`) merged in, written to `dest` (profiles/ beside it)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     overrides = yaml.safe_load(TINY_OVERRIDES.read_text())
     for updates in (overrides, section_updates):
         for section, values in updates.items():
             params[section].update(values)
     dest.write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(ROOT / "profiles", dest.parent / "profiles", dirs_exist_ok=True)  # the overlays config.load applies
     return dest
 
 

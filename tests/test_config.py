@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ def test_every_value_comes_from_the_params_file(tmp_path):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     del raw["vqgan"]["n_embed"]
     path = tmp_path / "params.yaml"
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles", dirs_exist_ok=True)
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(config.ParamsError, match="vqgan.n_embed: Field required"):
         config.load(path)
@@ -30,6 +32,7 @@ def test_unknown_key_is_named_with_the_file(tmp_path):
     raw = yaml.safe_load(write_tiny_params(tmp_path / "tiny.yaml").read_text())
     raw["transformer"]["n_layers"] = 3  # typo of n_layer
     path = tmp_path / "params.yaml"
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles", dirs_exist_ok=True)
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(config.ParamsError) as err:
         config.load(path)
@@ -42,6 +45,7 @@ def test_inconsistent_values_are_rejected(tmp_path):
     raw["eval"]["schedules"] = ["cosine", "zigzag"]
     raw["eval"]["masks"] = ["center", "donut"]
     path = tmp_path / "params.yaml"
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles", dirs_exist_ok=True)
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(config.ParamsError) as err:
         config.load(path)

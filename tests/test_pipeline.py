@@ -33,7 +33,7 @@ def _commit(repo, message):
 def _repo(path, **section_updates):
     """A git + DVC repo with this project's code, dvc.yaml and the tiny params."""
     path.mkdir()
-    for name in ("src", "stages", "flows"):
+    for name in ("src", "stages", "flows", "profiles"):
         shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("dvc.yaml", ".gitignore", "README.md", "pretrained/README.md"):
         (path / name).parent.mkdir(exist_ok=True)
@@ -57,7 +57,9 @@ EDITS = {
     "src/maskgit_inpaint/sampling.py": {"eval_grid"},
     "src/maskgit_inpaint/data/sharding.py": {"shard"},
     "README.md": set(),
+    "profiles/embedded.yaml": set(),  # a comment: the overlay's values are what DVC compares
 }
+OVERLAY_EDITS = {"vqgan": {"finetune_vqgan"}, "eval": {"eval_grid"}}
 
 
 def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
@@ -75,6 +77,7 @@ def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
     assert metrics_files == {"vqgan.json", "transformer.json", "eval.json"}
     for name in metrics_files:  # numbers to compare across experiments; words go to <stage>_summary.json
         values = json.loads((repo / "metrics" / name).read_text())
+        assert values.pop("profile") == "embedded", f"metrics/{name} names the profile: dvc metrics diff shows it"
         not_numbers = {k: v for k, v in values.items() if isinstance(v, bool) or not isinstance(v, (int, float))}
         assert not not_numbers and len(values) <= 60, f"metrics/{name}: {not_numbers or len(values)}"
     for path, expected in EDITS.items():
@@ -82,6 +85,12 @@ def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
         (repo / path).write_text(original + "# an edit\n")
         assert _changed_stages(repo) == expected, f"after editing {path}"
         (repo / path).write_text(original)
+    overlay = repo / "profiles/embedded.yaml"
+    original = overlay.read_text()
+    for section, stages in OVERLAY_EDITS.items():  # a value set in the active overlay reruns the stages of its section
+        overlay.write_text(original.replace(f"{section}: {{}}", f"{section}: {{seed: 5}}"))
+        assert _changed_stages(repo) == stages, f"after setting {section}.seed in {overlay.name}"
+    overlay.write_text(original)
 
     _run(["dvc", "repro", "--force", "train_transformer"], repo)  # retrains it and everything before it
     assert _changed_stages(repo) == set(), "identical inputs must give identical outs, so nothing downstream reruns"

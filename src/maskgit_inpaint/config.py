@@ -1,9 +1,11 @@
 """Typed params: one load function, one model per `params.yaml` section, clear errors.
 
-`params.yaml` is the only source of values: every field is required here, so no
-second set of defaults can drift from it. Every stage reads its own section plus
-`paths` (where the chain's files live); the same file feeds `dvc.yaml` through
-templating, so no path is written twice.
+`params.yaml` and the overlay of its `profile` (profiles/<name>.yaml beside it) are
+the only source of values: every field is required here, so no second set of
+defaults can drift from them. An overlay replaces keys of any section but `paths`;
+the embedded profile's overlay is empty. Every stage reads its own section plus
+`paths` (where the chain's files live); both files feed `dvc.yaml` (templating, and
+each stage's params listed from both), so DVC sees an overlay's edits key by key.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_PARAMS = Path("params.yaml")
+PROFILES_DIR = "profiles"  # beside the params file: one overlay per profile
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # runtime.PRECISIONS; runtime.choose decides what auto means here
 # Names only, so that loading params imports neither torch nor the code behind them (every stage loads
 # params, and an edit to a schedule must not rerun the shard stage); tests/test_config.py keeps them
@@ -188,6 +191,7 @@ class EvalParams(Section):
 
 
 class Params(Section):
+    profile: str  # the overlay applied (profiles/<profile>.yaml); logged with every run and metrics file
     paths: PathsParams
     sample: SampleParams
     data: DataParams
@@ -201,19 +205,57 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or invalid; the message names file, key and fix."""
 
 
-def load(path: Path | str = DEFAULT_PARAMS) -> Params:
-    """Read and validate the whole params file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: not found. Run from the repository root, or pass the params file path.")
+def profile_file(params_file: Path, profile: str) -> Path:
+    return params_file.parent / PROFILES_DIR / f"{profile}.yaml"
+
+
+def profile_names(params_file: Path | str = DEFAULT_PARAMS) -> list[str]:
+    return sorted(f.stem for f in (Path(params_file).parent / PROFILES_DIR).glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _apply_profile(path: Path, raw: dict) -> tuple[dict, str]:
+    """params.yaml's values with its profile's overlay applied, and a label naming both files for errors."""
+    profile = raw.get("profile")
+    if not isinstance(profile, str) or not profile:
+        raise ParamsError(f"{path}: needs a top-level `profile:` naming an overlay in {path.parent / PROFILES_DIR}/ "
+                          f"(one of {profile_names(path)}; the default is embedded)")
+    overlay_file = profile_file(path, profile)
+    if not overlay_file.is_file():
+        raise ParamsError(f"{path}: profile {profile!r} has no overlay {overlay_file}; choose one of {profile_names(path)}")
+    overlay = _read_yaml(overlay_file)
+    sections = set(Params.model_fields) - {"profile", "paths"}
+    if unknown := sorted(set(overlay) - sections):
+        raise ParamsError(f"{overlay_file}: unknown or fixed section {unknown[0]!r}; an overlay may set {sorted(sections)}")
+    if missing := sorted(sections - set(overlay)):
+        raise ParamsError(f"{overlay_file}: lacks section(s) {missing}; write e.g. `{missing[0]}: {{}}` where the profile "
+                          "changes nothing (dvc.yaml reads every section of the overlay)")
+    for section, values in overlay.items():
+        if not isinstance(values, dict):
+            raise ParamsError(f"{overlay_file}: section {section!r} must be a mapping of keys (or {{}})")
+        raw[section] = {**(raw.get(section) or {}), **values}
+    return raw, f"{path} + {overlay_file}"
+
+
+def load(path: Path | str = DEFAULT_PARAMS) -> Params:
+    """Read the params file, apply its profile's overlay, validate the whole."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: not found. Run from the repository root, or pass the params file path.")
+    raw, source = _apply_profile(path, _read_yaml(path))
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        lines = [f"{path}: invalid params; fix these keys:"]
+        lines = [f"{source}: invalid params; fix these keys:"]
         for e in err.errors():
             key = ".".join(str(p) for p in e["loc"]) or "(top level)"
             got = f" (got {e['input']!r})" if e["type"] == "literal_error" else ""

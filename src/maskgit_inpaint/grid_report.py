@@ -156,14 +156,14 @@ def headline(mask: str, metric: str, pick: grid_stats.Pick | None, cells_of_kind
             f"[{_fmt(r.lo, digits)}, {_fmt(r.hi, digits)}] (report half), tied with {len(pick.tied)} of {cells_of_kind - 1} cells; {against}")
 
 
-def _log(paths: PathsParams, p: EvalParams, *, spec: evaluation.GridSpec, df: pd.DataFrame, result: grid_stats.GridStats,
+def _log(paths: PathsParams, p: EvalParams, *, profile: str, spec: evaluation.GridSpec, df: pd.DataFrame, result: grid_stats.GridStats,
          pictures: dict, precision: runtime.Precision, unavailable: dict[str, str], metrics: dict[str, float]) -> None:
     """The parent run (table, per-image file, figures, tied sets) and one child per cell (intervals, verdicts)."""
     records = df.astype(object).where(df.notna(), None)
     best_sets = {metric: marks(df, result, metric) for metric in evaluation.HELD_OUT}
     tied_tags = {f"best_set.{mask}.{metric}": "; ".join(grid_stats.name_of(c) for c in [pick.cell] + pick.tied)[:5000]
                  for mask, picks in result.picks.items() for metric, pick in picks.items()}
-    with tracking.run("eval-grid", run_name=f"grid-{spec.fingerprint}",
+    with tracking.run("eval-grid", run_name=f"grid-{spec.fingerprint}", profile=profile,
                       params={**p.model_dump(mode="json"), **tracking.runtime_params(precision)},
                       tags={"fingerprint": spec.fingerprint, "vqgan": paths.vqgan.as_posix(), "transformer": paths.transformer.as_posix(),
                             "correction": CORRECTION, **tied_tags,
@@ -182,7 +182,7 @@ def _log(paths: PathsParams, p: EvalParams, *, spec: evaluation.GridSpec, df: pd
 
 
 def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajectories: dict, baselines: list[evaluation.Cell],
-            failed: list[evaluation.Cell]) -> dict:
+            failed: list[evaluation.Cell], *, profile: str) -> dict:
     """Write results/, metrics/eval.json and metrics/eval_summary.json, then log the grid to MLflow; returns the per-mask summary."""
     cells = baselines + [c for t in trajectories.values() for c in t.cells] + failed
     scored = [c.scored_on for c in cells if c.scored_on is not None]
@@ -210,7 +210,7 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
         grid_stats.per_image_table(cells, halves).to_parquet(out / "grid_per_image.parquet", index=False)
         for name, fig in pictures.items():
             figures.save(fig, out / name, close=False)
-    write_json(paths.metrics / "eval.json", metrics)
+    write_json(paths.metrics / "eval.json", {"profile": profile, **metrics})
     write_json(paths.metrics / "eval_summary.json", _clean({
         "about": "metrics/eval.json holds, per mask kind and metric, the pick's value and interval on the report half, "
                  "its tied count and the baselines on the same half; the tables in results/ use all images",
@@ -219,7 +219,7 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
         "selection_images": len(halves.selection), "report_images": len(halves.report), "correction": CORRECTION,
         "runtime": precision.facts(), "unavailable": unavailable, "no_interval": no_interval}))
     try:
-        _log(paths, p, spec=spec, df=df, result=result, pictures=pictures, precision=precision, unavailable=unavailable, metrics=metrics)
+        _log(paths, p, profile=profile, spec=spec, df=df, result=result, pictures=pictures, precision=precision, unavailable=unavailable, metrics=metrics)
     except Exception as error:  # noqa: BLE001 - any store failure: the results on disk stand
         message = (f"MLflow store {tracking.tracking_uri()} could not take the grid ({type(error).__name__}: {error}); "
                    f"results/ and metrics/eval.json are complete. Not logged: the parent run, {len(df)} child runs, "

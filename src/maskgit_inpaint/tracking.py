@@ -69,12 +69,12 @@ def _flat(params: dict, prefix: str = "") -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def run(experiment: str, run_name: str, params: dict, tags: dict | None = None) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run with params (flattened), the git commit and extra tags."""
+def run(experiment: str, run_name: str, params: dict, tags: dict | None = None, *, profile: str) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run with params (flattened), the profile (param and tag: the runs table can filter and group by it), the git commit and extra tags."""
     eid = experiment_id(experiment)
     with mlflow.start_run(experiment_id=eid, run_name=run_name) as active:
-        mlflow.set_tags({"git_commit": git_commit(), **(tags or {})})
-        mlflow.log_params(_flat(params))
+        mlflow.set_tags({"git_commit": git_commit(), "profile": profile, **(tags or {})})
+        mlflow.log_params({"profile": profile, **_flat(params)})
         yield active
 
 
