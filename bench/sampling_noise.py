@@ -22,15 +22,15 @@ import numpy as np
 from maskgit_inpaint import config, evaluation, runtime
 
 REPLICATES = 4
-MASK, SCHEDULE, T, SWEET_SPOTS = "center", "cosine", 8, (1, 2, 4, 6, 8)
+MASK, SCHEDULE, T, SWEET_SPOTS, TOKEN_TEMPERATURE = "center", "cosine", 8, (1, 2, 4, 6, 8), 1.0
 METRICS = ("psnr_masked", "ssim_masked", "swd_masked")
 
 
 def main() -> None:
     params = config.load(config.DEFAULT_PARAMS)
     spec = evaluation.spec_for(params.paths, params.eval)
-    many = evaluation.run_trajectory(dataclasses.replace(spec, replicates=REPLICATES), MASK, SCHEDULE, T, SWEET_SPOTS)
-    single = evaluation.run_trajectory(dataclasses.replace(spec, replicates=1), MASK, SCHEDULE, T, SWEET_SPOTS)
+    many = evaluation.run_trajectory(dataclasses.replace(spec, replicates=REPLICATES), MASK, SCHEDULE, T, SWEET_SPOTS, TOKEN_TEMPERATURE)
+    single = evaluation.run_trajectory(dataclasses.replace(spec, replicates=1), MASK, SCHEDULE, T, SWEET_SPOTS, TOKEN_TEMPERATURE)
     rows = []
     for cell, alone in zip(many.cells, single.cells):
         ev = cell.evidence

@@ -1,8 +1,10 @@
-"""Prefect flow `eval-grid`: one task per decoding trajectory (mask, schedule, T), mapped.
+"""Prefect flow `eval-grid`: one task per decoding trajectory (mask, schedule, token temperature, T), mapped.
 
-Step 1 of every trajectory of a mask kind is the same decode (evaluation.py), so each
-mask kind decodes one T = 1 trajectory whose cell serves every k = 1 cell, and the
-other trajectories decode their sweet spots k > 1.
+Step 1 of every trajectory of a mask kind and token temperature is the same decode
+(evaluation.py), so each such pair decodes one T = 1 trajectory whose cell serves every
+k = 1 cell, and the other trajectories decode their sweet spots k > 1. Decoding that
+starts later in the schedule (eval.start_step > 0, MaskGIT's editing path) has no k = 1
+cell to share: every trajectory then decodes its sweet spots k > start_step itself.
 
 Cells are cached by their inputs (the GridSpec carries the model/token/code
 fingerprint and the mask seed), so a re-run with more T values decodes only the
@@ -30,8 +32,9 @@ CELL_CACHE = INPUTS + TASK_SOURCE
 
 
 @task(name="trajectory", retries=2, retry_delay_seconds=5, cache_policy=CELL_CACHE, persist_result=True)
-def trajectory(spec: evaluation.GridSpec, mask: str, schedule: str, T: int, sweet_spots: tuple[int, ...]) -> evaluation.Trajectory:
-    return evaluation.run_trajectory(spec, mask, schedule, T, sweet_spots)
+def trajectory(spec: evaluation.GridSpec, mask: str, schedule: str, T: int, sweet_spots: tuple[int, ...],
+               token_temperature: float) -> evaluation.Trajectory:
+    return evaluation.run_trajectory(spec, mask, schedule, T, sweet_spots, token_temperature)
 
 
 @task(name="vq-ceiling", retries=2, retry_delay_seconds=5, cache_policy=CELL_CACHE, persist_result=True)
@@ -53,25 +56,32 @@ def eval_grid(
     schedules: list[str] | None = None,
     T: list[int] | None = None,
     sweet_spots: list[int] | None = None,
+    token_temperature: list[float] | None = None,
 ) -> dict:
     """Run the grid of params.yaml's `eval` section (optionally overriding its axes); returns the best cells."""
     params = config.load(params_file)
-    overrides = {k: tuple(v) for k, v in {"masks": masks, "schedules": schedules, "T": T, "sweet_spots": sweet_spots}.items() if v}
+    overrides = {k: tuple(v) for k, v in {"masks": masks, "schedules": schedules, "T": T, "sweet_spots": sweet_spots,
+                                           "token_temperature": token_temperature}.items() if v}
     p = config.EvalParams.model_validate({**params.eval.model_dump(), **overrides})
     spec = evaluation.spec_for(params.paths, p)
-    # Step 1 is the same decode in every trajectory of a mask kind: one T = 1 trajectory each serves every k = 1 cell.
-    firsts = dict(zip(p.masks, trajectory.map(unmapped(spec), list(p.masks), unmapped(p.schedules[0]), unmapped(1), unmapped((1,)))))
-    plan = [(m, s, t, tuple(k for k in p.sweet_spots if 1 < k <= t)) for m in p.masks for s in p.schedules for t in p.T if t > 1]
-    rests = dict(zip(((m, s, t) for m, s, t, _ in plan), trajectory.map(unmapped(spec), *(list(axis) for axis in zip(*plan))))) if plan else {}
+    axes = list(itertools.product(p.masks, p.schedules, p.token_temperature, p.T))  # (mask, schedule, tau, T) per trajectory
+    shared = p.start_step == 0  # then step 1 is one decode per (mask, tau): a T = 1 trajectory serves every k = 1 cell
+    pairs = list(itertools.product(p.masks, p.token_temperature)) if shared else []
+    firsts = dict(zip(pairs, trajectory.map(unmapped(spec), [m for m, _ in pairs], unmapped(p.schedules[0]), unmapped(1),
+                                            unmapped((1,)), [tau for _, tau in pairs]))) if pairs else {}
+    lowest = 1 if shared else p.start_step  # sweet spots decoded by the trajectory itself lie above this
+    plan = [(m, s, t, tuple(k for k in p.sweet_spots if lowest < k <= t), tau) for m, s, tau, t in axes if t > lowest]
+    rests = dict(zip(((m, s, tau, t) for m, s, t, _, tau in plan),
+                     trajectory.map(unmapped(spec), *(list(axis) for axis in zip(*plan))))) if plan else {}
     baselines = {(task_.name, m): task_.submit(spec, m) for m in p.masks for task_ in (vq_ceiling, telea)}
     trajectories, failed = {}, []
-    for m, s, t in itertools.product(p.masks, p.schedules, p.T):
+    for m, s, tau, t in axes:
         try:
-            rest = rests[(m, s, t)].result() if t > 1 else None
-            trajectories[(m, s, t)] = evaluation.with_first_step(firsts[m].result(), rest, s, t)
+            rest = rests[(m, s, tau, t)].result() if t > lowest else None
+            trajectories[(m, s, tau, t)] = evaluation.with_first_step(firsts[(m, tau)].result(), rest, s, t) if shared else rest
         except Exception as error:  # noqa: BLE001 - any failure of one cell is recorded, the grid goes on
-            print(f"eval-grid: trajectory mask={m} schedule={s} T={t} failed after retries: {error!r}")
-            failed += evaluation.failed_cells(m, s, t, tuple(k for k in p.sweet_spots if k <= t), error)
+            print(f"eval-grid: trajectory mask={m} schedule={s} token_temperature={tau} T={t} failed after retries: {error!r}")
+            failed += evaluation.failed_cells(m, s, tau, t, tuple(k for k in p.sweet_spots if p.start_step < k <= t), error)
     done = []
     for (name, m), future in baselines.items():
         try:

@@ -50,12 +50,12 @@ def _trajectory_calls(monkeypatch, fail=lambda cell, attempt: False):
     calls = []
     real = evaluation.run_trajectory
 
-    def recorded(spec, mask, schedule, T, ks):
+    def recorded(spec, mask, schedule, T, ks, token_temperature):
         cell = (mask, schedule, T)
         calls.append(cell)
         if fail(cell, calls.count(cell)):
             raise RuntimeError(f"injected failure of {cell}")
-        return real(spec, mask, schedule, T, ks)
+        return real(spec, mask, schedule, T, ks, token_temperature)
 
     monkeypatch.setattr(evaluation, "run_trajectory", recorded)
     return calls
@@ -131,7 +131,7 @@ def test_eval_grid_flow_tables_tracks_and_caches(prefect_server, grid_project, s
     assert set(per_image.metric) == {"psnr", "psnr_masked", "ssim", "ssim_masked", "lpips", "lpips_masked"}
     assert len(per_image) == len(df) * 6 * 6 and set(per_image.image) == set(range(6)) and set(per_image.replicate) == {0}
     # The table's per-image means are the means of the per-image file.
-    means = per_image[per_image.metric == "psnr_masked"].groupby(["method", "mask", "schedule", "T", "sweet_spot"], dropna=False).value.mean()
+    means = per_image[per_image.metric == "psnr_masked"].groupby(["method", "mask", "schedule", "token_temperature", "T", "sweet_spot"], dropna=False).value.mean()
     assert sorted(means) == pytest.approx(sorted(df.psnr_masked), abs=1e-4)
     comparisons = pd.read_csv(grid_project / "results/grid_comparisons.csv")
     assert set(comparisons.reference) == {"best", "telea", "vq_ceiling", "t1"}

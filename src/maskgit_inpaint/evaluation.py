@@ -1,12 +1,13 @@
 """The evaluation grid: decode trajectories, composite, score, tabulate.
 
-One trajectory per (mask, schedule, T) yields every sweet spot k <= T
-(sampling.decode). The val images are tokenized once (the extract_tokens stage);
-every cell of a mask kind sees the same holes and the same Gumbel noise stream,
-re-seeded per batch, so step 1 of every trajectory is the same decode: the k = 1
-cell of each (schedule, T) is decoded and scored once per mask kind (the T = 1
-trajectory) and shared (with_first_step). Replicates decode the same holes under
-other Gumbel streams.
+One trajectory per (mask, schedule, token temperature, T) yields every sweet spot
+k <= T (sampling.decode). The val images are tokenized once (the extract_tokens
+stage); every cell of a mask kind sees the same holes and the same Gumbel noise
+stream, re-seeded per batch, so step 1 of every trajectory of one token temperature
+is the same decode (when decoding starts at the first schedule step): the k = 1
+cell of each (schedule, T) is decoded and scored once per (mask kind, token
+temperature), the T = 1 trajectory, and shared (with_first_step). Replicates decode
+the same holes under other Gumbel streams.
 
 Every cell keeps its `Evidence`: per-image values, and the set-level metrics on
 the held-out halves and under the shared bootstrap resamples (stats.py), so the
@@ -37,7 +38,7 @@ from maskgit_inpaint.models.checkpoint import WEIGHTS
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer
 from maskgit_inpaint.models.vqgan import VQGAN
 
-COLUMNS = ["method", "mask", "schedule", "T", "sweet_spot", "n_images", "replicates", "psnr", "psnr_masked", "ssim", "ssim_masked",
+COLUMNS = ["method", "mask", "schedule", "token_temperature", "T", "sweet_spot", "n_images", "replicates", "psnr", "psnr_masked", "ssim", "ssim_masked",
            "swd", "swd_masked", "lpips", "lpips_masked", "fid", "seconds_per_image", "status"]
 QUALITY = ["psnr", "psnr_masked", "ssim", "ssim_masked"]  # per-image means
 REALISM = ["swd", "swd_masked"]  # set-level: generated vs real patch distributions
@@ -63,7 +64,9 @@ class GridSpec:
     replicates: int  # Gumbel streams per trajectory (same masks)
     bootstrap_resamples: int
     selection_fraction: float  # of the images, where the best cell is chosen
-    temperature: float
+    temperature: float  # choice temperature (the token temperature is a trajectory axis)
+    start_step: int  # schedule step decoding starts at (sampling.decode)
+    token_dilation: int  # latent cells the token mask grows by before decoding (the pixel mask stays)
     feather: int
     sample_images: int
     download_weights: bool
@@ -285,10 +288,11 @@ class Cell:
     scored_on: ScoredOn | None = None
 
 
-def _cell(method: str, mask: str, *, evidence: Evidence, seconds: float, scored_on: ScoredOn,
-          schedule: str | None = None, T: int | None = None, sweet_spot: int | None = None) -> Cell:
+def _cell(method: str, mask: str, *, evidence: Evidence, seconds: float, scored_on: ScoredOn, schedule: str | None = None,
+          token_temperature: float | None = None, T: int | None = None, sweet_spot: int | None = None) -> Cell:
     n = scored_on.images
-    row = {"method": method, "mask": mask, "schedule": schedule, "T": T, "sweet_spot": sweet_spot, "n_images": n,
+    row = {"method": method, "mask": mask, "schedule": schedule, "token_temperature": token_temperature, "T": T, "sweet_spot": sweet_spot,
+           "n_images": n,
            "replicates": len(next(iter(evidence.per_image.values())))}
     row.update({m: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for m, v in evidence.per_image.items()})
     row.update({m: level.value for m, level in evidence.set_level.items()})
@@ -301,9 +305,11 @@ def _failure(error: BaseException) -> str:
     return f"failed: {type(error).__name__}: {error}"[:300]
 
 
-def failed_cells(mask: str, schedule: str, T: int, sweet_spots: tuple[int, ...], error: BaseException) -> list[Cell]:
+def failed_cells(mask: str, schedule: str, token_temperature: float, T: int, sweet_spots: tuple[int, ...],
+                 error: BaseException) -> list[Cell]:
     """The cells of a trajectory that failed after its retries: no metrics, the error in `status`."""
-    return [Cell({"method": "maskgit", "mask": mask, "schedule": schedule, "T": T, "sweet_spot": k, "status": _failure(error)}, None)
+    return [Cell({"method": "maskgit", "mask": mask, "schedule": schedule, "token_temperature": token_temperature, "T": T,
+                  "sweet_spot": k, "status": _failure(error)}, None)
             for k in sorted(set(sweet_spots) | {T})]
 
 
@@ -339,8 +345,9 @@ def sampling_seed(seed: int, replicate: int, start: int) -> int:
     return seed * 1_000_003 + start + replicate * 7_919_000_011
 
 
-def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots: tuple[int, ...]) -> Trajectory:
-    """Decode all images with (schedule, T) for holes of kind `mask`, once per replicate; score every sweet spot."""
+def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots: tuple[int, ...],
+                   token_temperature: float) -> Trajectory:
+    """Decode all images with (schedule, T, token temperature) for holes of kind `mask`, once per replicate; score every sweet spot."""
     data = load_data(spec)
     logits = runtime.in_cache_chunks(data.transformer, data.device, data.transformer.config.activation_bytes)
     ks = sorted(set(sweet_spots) | {T})
@@ -356,9 +363,11 @@ def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots
                 samples = SampleStrip.of(batch, spec.sample_images)
             began = runtime.clock(data.device)
             generator = torch.Generator(data.device).manual_seed(sampling_seed(spec.seed, replicate, batch.start))
+            token_mask = masks.dilate_token_mask(batch.token_mask, spec.token_dilation)  # (B, h*w)
             with data.precision.autocast():
-                out = sampling.decode(logits, batch.tokens, batch.token_mask, schedule=schedule, T=T, sweet_spots=ks,
-                                      temperature=spec.temperature, generator=generator, mask_id=data.transformer.config.mask_id)
+                out = sampling.decode(logits, batch.tokens, token_mask, schedule=schedule, T=T, sweet_spots=ks,
+                                      temperature=spec.temperature, token_temperature=token_temperature,
+                                      start_step=spec.start_step, generator=generator, mask_id=data.transformer.config.mask_id)
             decode_seconds += runtime.clock(data.device) - began
             for k, ids in out.items():
                 began = runtime.clock(data.device)
@@ -372,17 +381,18 @@ def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots
     # A cell's cost: k of the T transformer passes (measured together) plus its pixel decode.
     cells = [
         _cell("maskgit", mask, evidence=Evidence.mean(evidence[k]), seconds=decode_seconds * k / T + pixel_seconds[k],
-              scored_on=data.scored_on(), schedule=schedule, T=T, sweet_spot=k)
+              scored_on=data.scored_on(), schedule=schedule, token_temperature=token_temperature, T=T, sweet_spot=k)
         for k in ks
     ]
     return Trajectory(cells, samples)
 
 
 def with_first_step(first: Trajectory, rest: Trajectory | None, schedule: str, T: int) -> Trajectory:
-    """The whole trajectory of (schedule, T): its k = 1 cell is the mask kind's shared first step, the rest decoded.
+    """The whole trajectory of (schedule, T): its k = 1 cell is the shared first step, the rest decoded.
 
-    `first` is the T = 1 trajectory (any schedule: one step never reads it); `rest` holds
-    the sweet spots k > 1 (None for T = 1).
+    `first` is the T = 1 trajectory of the same mask kind and token temperature (any
+    schedule: one step never reads it); `rest` holds the sweet spots k > 1 (None for T = 1).
+    Only valid when decoding starts at the first schedule step (start_step 0).
     """
     shared = replace(first.cells[0], row={**first.cells[0].row, "schedule": schedule, "T": T})
     steps = {**first.samples.steps, **(rest.samples.steps if rest else {})}
@@ -427,7 +437,8 @@ def table(rows: list[dict], columns: list[str] = COLUMNS) -> pd.DataFrame:
     df = pd.DataFrame(rows).reindex(columns=columns)
     for col in ("T", "sweet_spot", "n_images", "replicates"):
         df[col] = df[col].astype("Int64")
-    return df.sort_values(["mask", "method", "schedule", "T", "sweet_spot"], na_position="first", ignore_index=True)
+    df["token_temperature"] = df["token_temperature"].astype("float64")
+    return df.sort_values(["mask", "method", "schedule", "token_temperature", "T", "sweet_spot"], na_position="first", ignore_index=True)
 
 
 def spec_for(paths, p) -> GridSpec:
@@ -438,7 +449,7 @@ def spec_for(paths, p) -> GridSpec:
         fingerprint=fingerprint(paths.vqgan, paths.transformer, paths.tokens),
         num_images=p.num_images, batch_size=p.batch_size, seed=p.seed, replicates=p.replicates,
         bootstrap_resamples=p.bootstrap_resamples, selection_fraction=p.selection_fraction, temperature=p.temperature,
-        feather=p.feather, sample_images=p.sample_images, download_weights=p.download_weights, fid=p.fid,
+        start_step=p.start_step, token_dilation=p.token_dilation, feather=p.feather, sample_images=p.sample_images, download_weights=p.download_weights, fid=p.fid,
         precision=runtime.precision(p.precision, runtime.device()).name,
     )
 

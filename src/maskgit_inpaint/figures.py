@@ -1,5 +1,7 @@
 """Pictures of a grid: metric heatmaps (schedule x sweet spot per T; schedule x T) and sample strips.
 
+A grid with several token temperatures gets one heatmap row per (schedule, temperature).
+
 Heatmaps take the grid table with a `mark` column (2: the mask kind's best cell, 1: a
 cell tied with it, 0: neither): the best is outlined thick, ties dashed, and every
 cell shows its value over its interval's half-width.
@@ -19,9 +21,9 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 
 def _panel(ax, cells: pd.DataFrame, columns: str, metric: str, cmap: str, vmin: float, vmax: float):
-    """One annotated heatmap panel: schedules down, `columns` across; outlines mark the best cell and its ties."""
+    """One annotated heatmap panel: decoders (`decoder` labels) down, `columns` across; outlines mark the best cell and its ties."""
     half = (cells[f"{metric}_hi"] - cells[f"{metric}_lo"]) / 2
-    grids = {name: cells.assign(_v=v).pivot(index="schedule", columns=columns, values="_v")
+    grids = {name: cells.assign(_v=v).pivot(index="decoder", columns=columns, values="_v")
              for name, v in (("value", cells[metric]), ("half", half), ("mark", cells["mark"]))}
     values = grids["value"].to_numpy(dtype=float)
     image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
@@ -45,9 +47,16 @@ def _style(metric: str) -> tuple[str, str]:
     return ("viridis_r", "lower") if lower_is_better else ("viridis", "higher")  # brighter is always better
 
 
+def _decoded(cells: pd.DataFrame) -> pd.DataFrame:
+    """The decoded cells with a row label: the schedule, and the token temperature when the grid has several."""
+    several = cells["token_temperature"].nunique() > 1
+    label = cells["schedule"] + (" tau=" + cells["token_temperature"].map("{:g}".format) if several else "")
+    return cells.assign(decoder=label)
+
+
 def heatmap(df: pd.DataFrame, metric: str) -> Figure:
     """Schedule x sweet spot: one row of panels per mask kind, one panel per T; colours shared per mask."""
-    decoded = df[(df.method == "maskgit") & df[metric].notna()]
+    decoded = _decoded(df[(df.method == "maskgit") & df[metric].notna()])
     kinds, Ts = list(dict.fromkeys(decoded["mask"])), sorted(decoded["T"].unique())
     fig, axes = plt.subplots(len(kinds), len(Ts), figsize=(2.2 + 0.9 * decoded.sweet_spot.nunique() * len(Ts), 0.6 + 2.4 * len(kinds)),
                              squeeze=False, layout="constrained")
@@ -66,7 +75,7 @@ def heatmap(df: pd.DataFrame, metric: str) -> Figure:
 
 def heatmap_by_T(df: pd.DataFrame, metric: str) -> Figure:
     """Schedule x T at k = T (the MaskGIT ablation): one panel per mask kind."""
-    decoded = df[(df.method == "maskgit") & (df.sweet_spot == df["T"]) & df[metric].notna()]
+    decoded = _decoded(df[(df.method == "maskgit") & (df.sweet_spot == df["T"]) & df[metric].notna()])
     kinds = list(dict.fromkeys(decoded["mask"]))
     fig, axes = plt.subplots(1, len(kinds), figsize=(2.0 + 0.9 * decoded["T"].nunique() * len(kinds), 3.0),
                              squeeze=False, layout="constrained")

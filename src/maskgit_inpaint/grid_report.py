@@ -115,7 +115,7 @@ def figures_for(df: pd.DataFrame, result: grid_stats.GridStats, trajectories: di
         if pick is None or pick.cell["T"] is None:
             continue
         cell = pick.cell
-        strip = trajectories[(mask, cell["schedule"], cell["T"])].samples
+        strip = trajectories[(mask, cell["schedule"], cell["token_temperature"], cell["T"])].samples
         columns = {"input": strip.masked_input, "mask": strip.mask,
                    **{f"k={k}/{cell['T']}": strip.steps[k] for k in sorted(strip.steps)}, "original": strip.original}
         out[f"samples_{mask}.png"] = figures.sample_strip(columns, f"{mask} mask: {cell['schedule']} T={cell['T']}, step by step")

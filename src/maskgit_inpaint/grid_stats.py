@@ -24,7 +24,7 @@ INTERVAL_METRICS = evaluation.QUALITY + evaluation.REALISM + evaluation.PERCEPTU
 LOWER_IS_BETTER = frozenset({"swd", "swd_masked", "lpips", "lpips_masked", "fid"})
 REFERENCES = ("best", "telea", "vq_ceiling", "t1")  # what every cell is compared with
 BASELINES = ("telea", "vq_ceiling", "t1")
-CELL_KEYS = ["method", "mask", "schedule", "T", "sweet_spot"]
+CELL_KEYS = ["method", "mask", "schedule", "token_temperature", "T", "sweet_spot"]
 COMPARISON_COLUMNS = ["metric", "reference", "reference_cell", "images", "difference", "lo", "hi", "p", "p_holm", "verdict"]
 NO_INTERVAL = {"fid": "resampling FID needs a 2048-d covariance and matrix root per resample and cell; its column is a point value"}
 
@@ -69,7 +69,8 @@ def keys_of(row: dict) -> dict:
 def name_of(row: dict) -> str:
     if row["method"] != "maskgit":
         return row["method"]
-    return f"{row['schedule']} T={row['T']} k={row['sweet_spot']}"
+    tau = "" if row["token_temperature"] == 1.0 else f" tau={row['token_temperature']:g}"  # MaskGIT's draw goes unsaid
+    return f"{row['schedule']}{tau} T={row['T']} k={row['sweet_spot']}"
 
 
 def _per_image(cell: evaluation.Cell, metric: str, images: np.ndarray | None = None) -> np.ndarray:
