@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,41 @@ def kill_stage_at_first_checkpoint(name: str, cwd: Path, env: dict, state: Path)
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def dvc_env(cwd: Path, env: dict | None = None) -> dict:
+    """What `dvc` and its stages run with: this venv first on PATH, the repo's own MLflow store, and `env`."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", **(env or {})}
+
+
+def run_ok(args: list[str], cwd: Path, env: dict | None = None) -> str:
+    """Run a command as a user would from `cwd` (dvc_env); fail the test with its output unless it succeeds."""
+    done = subprocess.run(args, cwd=cwd, env=dvc_env(cwd, env), capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def commit_all(repo: Path, message: str) -> None:
+    run_ok(["git", "add", "-A"], repo)
+    run_ok(["git", "commit", "-q", "-m", message], repo)
+
+
+def project_repo(path: Path, write_params: Callable[[Path], object]) -> Path:
+    """A git + DVC repo with this project's code, dvc.yaml and profiles; `write_params(path / "params.yaml")` writes its params."""
+    path.mkdir()
+    for name in ("src", "stages", "flows", "profiles"):
+        shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "README.md", "pretrained/README.md"):
+        (path / name).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, path / name)
+    write_params(path / "params.yaml")
+    run_ok(["git", "init", "-q"], path)
+    run_ok(["git", "config", "user.name", "test"], path)  # `dvc exp run` commits
+    run_ok(["git", "config", "user.email", "test@example.com"], path)
+    run_ok(["dvc", "init", "-q"], path)
+    commit_all(path, "project")
+    return path
 
 
 @pytest.fixture(scope="session")

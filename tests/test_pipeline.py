@@ -1,54 +1,24 @@
 """The real chain under real DVC, on the tiny profile, in a throwaway copy of the repo."""
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT, write_tiny_params
-
-
-def _env(cwd):
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
-
-
-def _run(args, cwd):
-    done = subprocess.run(args, cwd=cwd, env=_env(cwd), capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
-
-
-def _commit(repo, message):
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-q", "-m", message], repo)
+from conftest import commit_all, dvc_env, project_repo, run_ok, write_tiny_params
 
 
 def _repo(path, **section_updates):
     """A git + DVC repo with this project's code, dvc.yaml and the tiny params."""
-    path.mkdir()
-    for name in ("src", "stages", "flows", "profiles"):
-        shutil.copytree(ROOT / name, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("dvc.yaml", ".gitignore", "README.md", "pretrained/README.md"):
-        (path / name).parent.mkdir(exist_ok=True)
-        shutil.copy(ROOT / name, path / name)
-    write_tiny_params(path / "params.yaml", **section_updates)
-    _run(["git", "init", "-q"], path)
-    _run(["git", "config", "user.name", "test"], path)  # `dvc exp run` commits
-    _run(["git", "config", "user.email", "test@example.com"], path)
-    _run(["dvc", "init", "-q"], path)
-    _commit(path, "project")
-    return path
+    return project_repo(path, lambda params_file: write_tiny_params(params_file, **section_updates))
 
 
 def _changed_stages(repo) -> set[str]:
-    return set(json.loads(_run(["dvc", "status", "--json"], repo)))
+    return set(json.loads(run_ok(["dvc", "status", "--json"], repo)))
 
 
 # An edit (a comment is enough) -> the stages `dvc status` must report: exactly those whose code runs the file.
@@ -64,15 +34,15 @@ OVERLAY_EDITS = {"vqgan": {"finetune_vqgan"}, "eval": {"eval_grid"}}
 
 def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
     repo = _repo(tmp_path / "repo")
-    out = _run(["dvc", "repro"], repo)
+    out = run_ok(["dvc", "repro"], repo)
     for stage in ("sample", "shard", "finetune_vqgan", "extract_tokens", "train_transformer", "eval_grid"):
         assert f"Running stage '{stage}'" in out
     grid = pd.read_csv(repo / "results/grid.csv")
     # 2 masks x 2 schedules x (T=1: k 1; T=3: k 1, 2, 3)
     assert len(grid[grid.method == "maskgit"]) == 16 and grid[["psnr", "ssim"]].notna().all().all()
 
-    assert "Data and pipelines are up to date" in _run(["dvc", "repro"], repo)
-    assert "eval.json" in _run(["dvc", "metrics", "show"], repo)
+    assert "Data and pipelines are up to date" in run_ok(["dvc", "repro"], repo)
+    assert "eval.json" in run_ok(["dvc", "metrics", "show"], repo)
     metrics_files = {p.name for p in (repo / "metrics").glob("*.json") if not p.stem.endswith("_summary")}
     assert metrics_files == {"vqgan.json", "transformer.json", "eval.json"}
     for name in metrics_files:  # numbers to compare across experiments; words go to <stage>_summary.json
@@ -92,11 +62,11 @@ def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
         assert _changed_stages(repo) == stages, f"after setting {section}.seed in {overlay.name}"
     overlay.write_text(original)
 
-    _run(["dvc", "repro", "--force", "train_transformer"], repo)  # retrains it and everything before it
+    run_ok(["dvc", "repro", "--force", "train_transformer"], repo)  # retrains it and everything before it
     assert _changed_stages(repo) == set(), "identical inputs must give identical outs, so nothing downstream reruns"
 
-    _commit(repo, "lock")
-    out = _run(["dvc", "exp", "run", "-S", "eval.T=[2]"], repo)
+    commit_all(repo, "lock")
+    out = run_ok(["dvc", "exp", "run", "-S", "eval.T=[2]"], repo)
     assert "Running stage 'eval_grid'" in out
     assert "Running stage 'train_transformer'" not in out and "Running stage 'finetune_vqgan'" not in out
     assert set(pd.read_csv(repo / "results/grid.csv")["T"].dropna()) == {2}
@@ -105,7 +75,7 @@ def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
 @pytest.mark.slow
 def test_killed_dvc_repro_resumes_the_tokenizer(tmp_path):
     repo = _repo(tmp_path / "repo", vqgan={"steps": 150, "checkpoint_every": 10})
-    proc = subprocess.Popen(["dvc", "repro", "finetune_vqgan"], cwd=repo, env=_env(repo),
+    proc = subprocess.Popen(["dvc", "repro", "finetune_vqgan"], cwd=repo, env=dvc_env(repo),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     state = repo / "checkpoints/vqgan.pt"
     deadline = time.time() + 300
@@ -116,6 +86,6 @@ def test_killed_dvc_repro_resumes_the_tokenizer(tmp_path):
     assert state.exists(), "the stage finished before its first checkpoint"
     assert not (repo / "models/vqgan").exists()
 
-    out = _run(["dvc", "repro", "finetune_vqgan"], repo)
+    out = run_ok(["dvc", "repro", "finetune_vqgan"], repo)
     assert "Running stage 'finetune_vqgan'" in out and "resuming from checkpoints/vqgan.pt" in out
     assert (repo / "models/vqgan/model.safetensors").exists() and not state.exists()

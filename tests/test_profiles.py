@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from maskgit_inpaint import config, profiles
-from conftest import ROOT
+from conftest import ROOT, run_ok
 
 REFERENCES = ROOT.parent / "shared" / "REFERENCES.md"
 
@@ -143,3 +143,9 @@ def test_an_overlay_replaces_only_its_keys(tmp_path):
     path = _project(tmp_path, "lab03")
     base, lab = config.load(ROOT / "params.yaml"), config.load(path)
     assert lab.eval.T == (7,) and lab.eval.feather == base.eval.feather and lab.paths == base.paths
+
+
+def test_make_run_switches_the_profile_then_reproduces():
+    recipe = run_ok(["make", "-n", "--no-print-directory", "PROFILE=lab03", "run"], ROOT).splitlines()
+    assert recipe[-2:] == ["python -m maskgit_inpaint.profiles use lab03", "dvc repro"]
+    assert run_ok(["make", "-n", "--no-print-directory", "run"], ROOT).splitlines()[-1:] == ["dvc repro"]

@@ -39,6 +39,7 @@ class PathsParams(Section):
     results: Path  # grid tables and figures
     metrics: Path  # small json/csv files that DVC reads as metrics and plots
     checkpoints: Path  # resumable training state (not a DVC out: survives a killed stage)
+    masks: Path  # the evaluation holes of every mask kind (PNG per val image) + masks.json
     pretrained: Path  # downloaded foreign checkpoints (taming VQGAN) that a stage starts from
     cache: Path  # recomputable derived data, e.g. FID statistics of the real val images (not a DVC out)
 
@@ -98,6 +99,11 @@ class VQGANParams(Section):
     precision: Precision  # auto: bf16 where the device has it natively, else fp32 (CPU) or fp16 (older GPUs); runtime.py
     num_workers: int = Field(..., ge=0)
     download_weights: bool  # may the LPIPS trunk (loss and metric) be fetched into the torch hub cache?
+
+    @property
+    def downsample(self) -> int:
+        """f: each level of ch_mult after the first halves the resolution."""
+        return 2 ** (len(self.ch_mult) - 1)
 
     @model_validator(mode="after")
     def _consistent(self) -> "VQGANParams":

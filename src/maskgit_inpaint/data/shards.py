@@ -304,6 +304,16 @@ def iterate_split(urls: list[str], batch_size: int) -> Iterator[tuple[torch.Tens
         yield to_model_range(images), keys
 
 
+def split_keys(urls: list[str], limit: int | None = None) -> list[str]:
+    """The keys of the first `limit` samples of a split, in shard order, without decoding an image."""
+    keys = []
+    for block in _samples(urls, shuffle_seed=None):
+        keys.extend(sample.key for sample in block)
+        if limit is not None and len(keys) >= limit:
+            break
+    return keys[:limit]
+
+
 def load_split(urls: list[str], limit: int | None = None, batch_size: int = 256) -> tuple[torch.Tensor, list[str]]:
     """The first `limit` images of a split, in shard order: (N, 3, H, W) in [-1, 1], keys."""
     images, keys = [], []
