@@ -64,6 +64,7 @@ class GridSpec:
     bootstrap_resamples: int
     selection_fraction: float  # of the images, where the best cell is chosen
     temperature: float
+    random_token_ratio: float  # share of tokens the random_tokens mask kind hides
     feather: int
     sample_images: int
     download_weights: bool
@@ -111,16 +112,17 @@ class EvalData:
     real_moments: tuple[np.ndarray, np.ndarray] | None  # FID statistics of `images`, when FID is available
     holes: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
-    def masks(self, kind: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def masks(self, kind: str, seed: int, token_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(pixel mask (N, 1, H, W), token mask (N, h*w)) of one mask kind, True = missing."""
         if kind not in self.holes:
-            pixel = masks.make(kind, len(self.images), self.images.shape[-1], seed)
-            self.holes[kind] = pixel, masks.to_token_mask(pixel, self.vqgan.config.downsample)
+            f = self.vqgan.config.downsample
+            pixel = masks.make(kind, len(self.images), self.images.shape[-1], seed, f=f, token_ratio=token_ratio)
+            self.holes[kind] = pixel, masks.to_token_mask(pixel, f)
         return self.holes[kind]
 
-    def batches(self, kind: str, *, seed: int, batch_size: int) -> Iterator[Batch]:
+    def batches(self, kind: str, *, seed: int, token_ratio: float, batch_size: int) -> Iterator[Batch]:
         """The val set in order, `batch_size` images at a time, with the holes of mask kind `kind`."""
-        pixel_mask, token_mask = self.masks(kind, seed)
+        pixel_mask, token_mask = self.masks(kind, seed, token_ratio)
         for start in range(0, len(self.images), batch_size):
             rows = slice(start, start + batch_size)
             yield Batch(start, *(t[rows].to(self.device) for t in (self.images, pixel_mask, token_mask, self.tokens)))
@@ -350,7 +352,7 @@ def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots
     decode_seconds = 0.0
     for replicate in range(spec.replicates):
         scores = {k: CellScores(data, spec.seed) for k in ks}
-        for batch in data.batches(mask, seed=spec.seed, batch_size=spec.batch_size):
+        for batch in data.batches(mask, seed=spec.seed, token_ratio=spec.random_token_ratio, batch_size=spec.batch_size):
             shown = batch.start == 0 and replicate == 0  # the sample strip's images
             if shown:
                 samples = SampleStrip.of(batch, spec.sample_images)
@@ -394,7 +396,7 @@ def _baseline(spec: GridSpec, mask: str, method: str, fill: Callable[[EvalData, 
     data = load_data(spec)
     scores = CellScores(data, spec.seed)
     seconds = 0.0
-    for batch in data.batches(mask, seed=spec.seed, batch_size=spec.batch_size):
+    for batch in data.batches(mask, seed=spec.seed, token_ratio=spec.random_token_ratio, batch_size=spec.batch_size):
         began = runtime.clock(data.device)
         pred = fill(data, batch)
         seconds += runtime.clock(data.device) - began
@@ -438,6 +440,7 @@ def spec_for(paths, p) -> GridSpec:
         fingerprint=fingerprint(paths.vqgan, paths.transformer, paths.tokens),
         num_images=p.num_images, batch_size=p.batch_size, seed=p.seed, replicates=p.replicates,
         bootstrap_resamples=p.bootstrap_resamples, selection_fraction=p.selection_fraction, temperature=p.temperature,
+        random_token_ratio=p.random_token_ratio,
         feather=p.feather, sample_images=p.sample_images, download_weights=p.download_weights, fid=p.fid,
         precision=runtime.precision(p.precision, runtime.device()).name,
     )
