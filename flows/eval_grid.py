@@ -26,6 +26,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from maskgit_inpaint import config, evaluation, grid_report
+from maskgit_inpaint.data import eval_masks
 
 # Keyed by the task's inputs and its source: tasks that take the same GridSpec must not share entries.
 CELL_CACHE = INPUTS + TASK_SOURCE
@@ -63,6 +64,7 @@ def eval_grid(
     overrides = {k: tuple(v) for k, v in {"masks": masks, "schedules": schedules, "T": T, "sweet_spots": sweet_spots,
                                            "token_temperature": token_temperature}.items() if v}
     p = config.EvalParams.model_validate({**params.eval.model_dump(), **overrides})
+    eval_masks.check(params.paths.masks, kinds=p.masks, seed=p.seed, num_images=p.num_images, random_token_ratio=p.random_token_ratio)
     spec = evaluation.spec_for(params.paths, p)
     axes = list(itertools.product(p.masks, p.schedules, p.token_temperature, p.T))  # (mask, schedule, tau, T) per trajectory
     shared = p.start_step == 0  # then step 1 is one decode per (mask, tau): a T = 1 trajectory serves every k = 1 cell

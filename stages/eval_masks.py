@@ -10,7 +10,7 @@ from maskgit_inpaint.io import atomic_dir
 
 
 def summary_line(meta: eval_masks.MasksMeta, out) -> str:
-    areas = ", ".join(f"{kind} {sum(a) / len(a):.0%}" for kind, a in meta.area.items())
+    areas = ", ".join(f"{kind} {sum(h) / len(h) / meta.image_size ** 2:.0%}" for kind, h in meta.hidden.items())
     return (f"eval_masks: {len(meta.kinds)} kinds x {len(meta.keys)} val images, {meta.image_size}px, "
             f"mean hole area {areas} -> {out}")
 

@@ -116,7 +116,7 @@ def tiny_chain(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("chain")
     write_tiny_params(root / "params.yaml")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
-    for stage in ("sample", "shard", "finetune_vqgan", "extract_tokens", "train_transformer"):
+    for stage in ("sample", "shard", "finetune_vqgan", "extract_tokens", "train_transformer", "eval_masks"):
         done = run_stage(stage, root, env)
         assert done.returncode == 0, f"{stage} failed:\n{done.stderr[-3000:]}"
     return root

@@ -16,7 +16,7 @@ from prefect.settings import PREFECT_API_URL, PREFECT_TASKS_REFRESH_CACHE, tempo
 from prefect.testing.utilities import prefect_test_harness
 
 from maskgit_inpaint import evaluation, grid_report, perceptual, tracking
-from conftest import stage_env, write_tiny_params
+from conftest import run_stage, stage_env, write_tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,12 @@ def small_backbones(monkeypatch):
     fid_net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     monkeypatch.setattr(perceptual, "resolve_lpips", lambda device, download: perceptual.Backbone(lpips_net.to(device), None))
     monkeypatch.setattr(perceptual, "resolve_fid", lambda device, download: perceptual.Backbone(fid_net.to(device), None))
+
+
+def remake_masks(project):
+    """After an edit of eval's seed or masks: the eval_masks stage, as `dvc repro` runs it before the grid."""
+    done = run_stage("eval_masks", project)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def _trajectory_calls(monkeypatch, fail=lambda cell, attempt: False):
@@ -196,6 +202,8 @@ def test_a_failing_cell_is_retried_then_marked_while_the_grid_finishes(prefect_s
         monkeypatch.setattr(grid_flow, name, getattr(grid_flow, name).with_options(retry_delay_seconds=0))
 
     write_tiny_params(grid_project / "params.yaml", eval={"seed": 7, "masks": ["center"], "T": [3]})  # a new seed: no cache hits
+
+    remake_masks(grid_project)
     flaky, broken = ("center", "linear", 3), ("center", "cosine", 3)
     calls = _trajectory_calls(monkeypatch, fail=lambda cell, attempt: cell == broken or (cell == flaky and attempt == 1))
 
@@ -234,6 +242,7 @@ def test_a_grid_whose_every_cell_fails_publishes_nothing(prefect_server, grid_pr
     for name in ("trajectory", "telea", "vq_ceiling"):
         monkeypatch.setattr(grid_flow, name, getattr(grid_flow, name).with_options(retry_delay_seconds=0))
     write_tiny_params(grid_project / "params.yaml", eval={"seed": 17, "masks": ["center"], "T": [1]})
+    remake_masks(grid_project)
 
     def no_models(spec):
         raise FileNotFoundError("injected: models/vqgan missing")
@@ -248,6 +257,8 @@ def test_a_tracking_store_that_is_down_costs_no_results(prefect_server, grid_pro
     from flows.eval_grid import eval_grid
 
     write_tiny_params(grid_project / "params.yaml", eval={"seed": 11, "masks": ["center"], "T": [1]})
+
+    remake_masks(grid_project)
     with socket.socket() as free:  # a port nobody listens on: a tracking server that is down
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
@@ -289,6 +300,8 @@ def test_a_killed_grid_resumes_to_the_same_table_and_uncached_runs_agree(prefect
     from flows.eval_grid import eval_grid
 
     write_tiny_params(grid_project / "params.yaml", eval={"seed": 13, "masks": ["center"], "T": [1, 3]})
+
+    remake_masks(grid_project)
     eval_grid(params_file="params.yaml")
     uninterrupted = _timeless(grid_project)
     with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: True}):  # the same params again, every cell recomputed

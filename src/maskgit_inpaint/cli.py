@@ -60,8 +60,9 @@ def _inpaint(params: config.Params, args: argparse.Namespace) -> None:
         sys.exit(f"{args.image}: {err}")
     image = torch.from_numpy(np.array(Image.open(io.BytesIO(data)))).permute(2, 0, 1)[None].float() / 127.5 - 1
     image = image.to(dev)  # (1, 3, H, W) in [-1, 1]
-    pixel_mask = masks.make(args.mask, 1, size, p.seed).to(dev)
-    token_mask = masks.to_token_mask(pixel_mask, vqgan.config.downsample)
+    f = vqgan.config.downsample
+    pixel_mask = masks.make(args.mask, 1, size, p.seed, f=f, token_ratio=p.random_token_ratio).to(dev)
+    token_mask = masks.to_token_mask(pixel_mask, f)
     with prec.autocast():
         tokens = vqgan.encode(image).flatten(1)  # (1, h*w)
         ids = sampling.decode(transformer, tokens, token_mask, schedule=schedule, T=T, sweet_spots=[T], temperature=p.temperature,

@@ -22,7 +22,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]  # runtime.PRECISIONS; runti
 # params, and an edit to a schedule must not rerun the shard stage); tests/test_config.py keeps them
 # equal to the tables they name.
 ScheduleName = Literal["linear", "cosine", "square", "cubic", "sqrt", "log", "exp"]  # schedules.SCHEDULES
-MaskKind = Literal["center", "thin", "medium", "thick", "outpaint"]  # masks.KINDS
+MaskKind = Literal["center", "thin", "medium", "thick", "outpaint", "random_tokens"]  # masks.KINDS
 
 
 class Section(BaseModel):

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from maskgit_inpaint import imports, masks, metrics, perceptual, runtime, sampling, stats, swd
-from maskgit_inpaint.data import shards
+from maskgit_inpaint.data import eval_masks, shards
 from maskgit_inpaint.data import tokens as token_store
 from maskgit_inpaint.io import sha256_file
 from maskgit_inpaint.models.checkpoint import WEIGHTS
@@ -56,11 +56,12 @@ class GridSpec:
     transformer_dir: str
     shards_dir: str
     tokens_dir: str
+    masks_dir: str  # the evaluation holes (stage eval_masks)
     cache_dir: str  # FID statistics of the real val images
-    fingerprint: str  # hash of both models' weights, the val tokens and the grid code
+    fingerprint: str  # hash of both models' weights, the val tokens, the holes and the grid code
     num_images: int
     batch_size: int
-    seed: int  # masks, Gumbel noise, SWD patch positions, the held-out split and the bootstrap resamples
+    seed: int  # Gumbel noise, SWD patch positions, the held-out split and the bootstrap resamples (the holes: eval_masks)
     replicates: int  # Gumbel streams per trajectory (same masks)
     bootstrap_resamples: int
     selection_fraction: float  # of the images, where the best cell is chosen
@@ -74,9 +75,10 @@ class GridSpec:
     precision: str  # decided for this machine (runtime.choose), so a cached cell never crosses precisions
 
 
-def fingerprint(vqgan_dir: Path, transformer_dir: Path, tokens_dir: Path) -> str:
-    """Both models' weights, the val tokens and every file the grid's cells run (this module's import closure)."""
-    parts = [sha256_file(Path(vqgan_dir) / WEIGHTS), sha256_file(Path(transformer_dir) / WEIGHTS), sha256_file(Path(tokens_dir) / "val.npy")]
+def fingerprint(vqgan_dir: Path, transformer_dir: Path, tokens_dir: Path, masks_dir: Path) -> str:
+    """Both models' weights, the val tokens, the holes (masks.json holds their digests) and every file the grid's cells run."""
+    parts = [sha256_file(Path(vqgan_dir) / WEIGHTS), sha256_file(Path(transformer_dir) / WEIGHTS), sha256_file(Path(tokens_dir) / "val.npy"),
+             sha256_file(Path(masks_dir) / eval_masks.META)]
     parts.append(imports.code_digest(__name__, [Path(__file__).resolve().parents[1]]))
     return hashlib.sha256("".join(parts).encode()).hexdigest()[:16]
 
@@ -106,7 +108,9 @@ class EvalData:
     vqgan: VQGAN
     transformer: MaskedTokenTransformer
     images: torch.Tensor  # (N, 3, H, W) in [-1, 1], val images in shard order
+    keys: list[str]  # their sample keys
     tokens: torch.Tensor  # (N, h*w) their token ids
+    masks_dir: Path  # their holes, one PNG per image and mask kind (data/eval_masks.py)
     device: torch.device
     precision: runtime.Precision  # of decoding and pixel decodes
     lpips: perceptual.Backbone
@@ -114,16 +118,16 @@ class EvalData:
     real_moments: tuple[np.ndarray, np.ndarray] | None  # FID statistics of `images`, when FID is available
     holes: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
-    def masks(self, kind: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pixel mask (N, 1, H, W), token mask (N, h*w)) of one mask kind, True = missing."""
+    def masks(self, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel mask (N, 1, H, W), token mask (N, h*w)) of one mask kind, True = missing, as the eval_masks stage wrote them."""
         if kind not in self.holes:
-            pixel = masks.make(kind, len(self.images), self.images.shape[-1], seed)
+            pixel = eval_masks.load(self.masks_dir, kind, self.keys)
             self.holes[kind] = pixel, masks.to_token_mask(pixel, self.vqgan.config.downsample)
         return self.holes[kind]
 
-    def batches(self, kind: str, *, seed: int, batch_size: int) -> Iterator[Batch]:
+    def batches(self, kind: str, *, batch_size: int) -> Iterator[Batch]:
         """The val set in order, `batch_size` images at a time, with the holes of mask kind `kind`."""
-        pixel_mask, token_mask = self.masks(kind, seed)
+        pixel_mask, token_mask = self.masks(kind)
         for start in range(0, len(self.images), batch_size):
             rows = slice(start, start + batch_size)
             yield Batch(start, *(t[rows].to(self.device) for t in (self.images, pixel_mask, token_mask, self.tokens)))
@@ -163,7 +167,7 @@ def load_data(spec: GridSpec) -> EvalData:
                 real = perceptual.real_moments(fid_net.network, batches, cache_file)
             _loaded.clear()  # one spec at a time: a new spec means new models
             prec = runtime.precision(spec.precision, dev)
-            _loaded[spec] = EvalData(vqgan, transformer, images, tokens, dev, prec, lpips_net, fid_net, real)
+            _loaded[spec] = EvalData(vqgan, transformer, images, keys, tokens, Path(spec.masks_dir), dev, prec, lpips_net, fid_net, real)
         return _loaded[spec]
 
 
@@ -357,7 +361,7 @@ def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots
     decode_seconds = 0.0
     for replicate in range(spec.replicates):
         scores = {k: CellScores(data, spec.seed) for k in ks}
-        for batch in data.batches(mask, seed=spec.seed, batch_size=spec.batch_size):
+        for batch in data.batches(mask, batch_size=spec.batch_size):
             shown = batch.start == 0 and replicate == 0  # the sample strip's images
             if shown:
                 samples = SampleStrip.of(batch, spec.sample_images)
@@ -404,7 +408,7 @@ def _baseline(spec: GridSpec, mask: str, method: str, fill: Callable[[EvalData, 
     data = load_data(spec)
     scores = CellScores(data, spec.seed)
     seconds = 0.0
-    for batch in data.batches(mask, seed=spec.seed, batch_size=spec.batch_size):
+    for batch in data.batches(mask, batch_size=spec.batch_size):
         began = runtime.clock(data.device)
         pred = fill(data, batch)
         seconds += runtime.clock(data.device) - began
@@ -445,8 +449,8 @@ def spec_for(paths, p) -> GridSpec:
     """The GridSpec of params `paths` (PathsParams) and `eval` (EvalParams)."""
     return GridSpec(
         vqgan_dir=str(paths.vqgan), transformer_dir=str(paths.transformer), shards_dir=str(paths.shards),
-        tokens_dir=str(paths.tokens), cache_dir=str(paths.cache),
-        fingerprint=fingerprint(paths.vqgan, paths.transformer, paths.tokens),
+        tokens_dir=str(paths.tokens), masks_dir=str(paths.masks), cache_dir=str(paths.cache),
+        fingerprint=fingerprint(paths.vqgan, paths.transformer, paths.tokens, paths.masks),
         num_images=p.num_images, batch_size=p.batch_size, seed=p.seed, replicates=p.replicates,
         bootstrap_resamples=p.bootstrap_resamples, selection_fraction=p.selection_fraction, temperature=p.temperature,
         start_step=p.start_step, token_dilation=p.token_dilation, feather=p.feather, sample_images=p.sample_images, download_weights=p.download_weights, fid=p.fid,

@@ -31,7 +31,7 @@ class MasksMeta(StoredRecord):
     downsample: int  # f of the tokenizer (random_tokens hides whole f x f patches)
     random_token_ratio: float
     keys: list[str]  # the val images they belong to, in shard order (the grid's first num_images)
-    area: dict[str, list[float]]  # kind -> fraction of each image that is missing
+    hidden: dict[str, list[int]]  # kind -> missing pixels of each image (area buckets count whole pixels)
     sha256: dict[str, str]  # kind -> digest of its masks (packed bits, in key order)
 
 
@@ -42,22 +42,36 @@ def _digest(pixel: torch.Tensor) -> str:
 def write(out: Path, *, kinds: tuple[str, ...], keys: list[str], image_size: int, seed: int, downsample: int,
           random_token_ratio: float) -> MasksMeta:
     """Generate every kind's masks for the images `keys` into the empty folder `out`."""
-    area, digests = {}, {}
+    hidden, digests = {}, {}
     for kind in kinds:
         pixel = masks.make(kind, len(keys), image_size, seed, f=downsample, token_ratio=random_token_ratio)  # (N, 1, H, W)
         (out / kind).mkdir(parents=True)
         for key, hole in zip(keys, pixel[:, 0].numpy()):
             Image.fromarray(hole.astype(np.uint8) * 255).save(out / kind / f"{key}.png", optimize=True)
-        area[kind] = pixel.float().mean((1, 2, 3)).tolist()
+        hidden[kind] = pixel.flatten(1).sum(1).tolist()
         digests[kind] = _digest(pixel)
     meta = MasksMeta(kinds=list(kinds), seed=seed, image_size=image_size, downsample=downsample,
-                     random_token_ratio=random_token_ratio, keys=keys, area=area, sha256=digests)
+                     random_token_ratio=random_token_ratio, keys=keys, hidden=hidden, sha256=digests)
     meta.write(out / META)
     return meta
 
 
 def load_meta(masks_dir: Path | str) -> MasksMeta:
     return MasksMeta.read(Path(masks_dir) / META, made_by="eval_masks")
+
+
+def check(masks_dir: Path | str, *, kinds: tuple[str, ...], seed: int, num_images: int, random_token_ratio: float) -> MasksMeta:
+    """The folder's record, if it was made for these eval params; else a ValueError that says what differs and the fix."""
+    meta = load_meta(masks_dir)
+    differ = [f"{name} {made!r} (params: {wanted!r})" for name, made, wanted in
+              (("seed", meta.seed, seed), ("random_token_ratio", meta.random_token_ratio, random_token_ratio)) if made != wanted]
+    if missing := [k for k in kinds if k not in meta.kinds]:
+        differ.append(f"no {missing} masks")
+    if len(meta.keys) < num_images:
+        differ.append(f"{len(meta.keys)} images (params: num_images {num_images})")
+    if differ:
+        raise ValueError(f"{Path(masks_dir) / META}: made for other eval params: {'; '.join(differ)}; run `dvc repro eval_masks`")
+    return meta
 
 
 def load(masks_dir: Path | str, kind: str, keys: list[str]) -> torch.Tensor:
