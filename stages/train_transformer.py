@@ -19,11 +19,19 @@ from maskgit_inpaint.training import distributed, transformer
 from maskgit_inpaint.training.curves import write_curve
 
 
+def gpu_flops(metrics: transformer.TransformerMetrics, precision: runtime.Precision) -> str:
+    """The summary's model FLOP/s per GPU and MFU; empty for a CPU run, which measures neither."""
+    if metrics.tflops_per_s is None:
+        return ""
+    utilisation = (f"MFU {metrics.mfu:.1%}" if metrics.mfu is not None
+                   else f"unknown peak ({precision.hardware.name} is not in runtime.PEAK_DENSE_FLOPS)")
+    return f", {metrics.tflops_per_s:.1f} TFLOP/s per GPU, {utilisation}"
+
+
 def summary_line(metrics: transformer.TransformerMetrics, precision: runtime.Precision, out: Path) -> str:
     per_ratio = ", ".join(f"{score.accuracy:.3f} at {ratio}" for ratio, score in metrics.val.items())
-    mfu = "" if metrics.mfu is None else f", MFU {metrics.mfu:.1%}"
     return (f"train_transformer: {metrics.steps} steps, {metrics.parameters / 1e6:.2f}M params, {metrics.processes} process(es), "
-            f"{metrics.tokens_per_s:.0f} tokens/s{mfu}; val masked-token accuracy {per_ratio} "
+            f"{metrics.tokens_per_s:.0f} tokens/s{gpu_flops(metrics, precision)}; val masked-token accuracy {per_ratio} "
             f"(most-frequent-token baseline {metrics.baseline_accuracy:.3f}), {precision.describe()} -> {out}")
 
 

@@ -105,3 +105,19 @@ def test_every_params_section_that_runs_a_model_names_its_precision():
     for section in (params.vqgan, params.tokens, params.transformer, params.eval):
         assert section.precision == "auto"
     assert "amp:" not in Path(ROOT / "params.yaml").read_text()
+
+
+@pytest.mark.parametrize(("name", "tflops"), [
+    ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H200", 989), ("NVIDIA A100-SXM4-80GB", 312),
+    ("NVIDIA A100 80GB PCIe", 312), ("NVIDIA A10", 125), ("NVIDIA A10G", 70), ("NVIDIA L4", 121), ("NVIDIA L40S", 362),
+    ("NVIDIA GeForce RTX 4090", 165), ("Tesla V100-SXM2-16GB", 125), ("Tesla T4", 65),
+    ("NVIDIA RTX A1000", None), ("NVIDIA B200", None),  # an A1000 is no A100; a GPU not in the table has no peak
+])
+def test_peak_flops_match_the_device_name_by_whole_words(name, tflops):
+    assert runtime.peak_flops(name) == (None if tflops is None else tflops * 1e12)
+
+
+def test_mfu_is_achieved_over_peak_flops_and_none_for_an_unknown_gpu():
+    assert runtime.mfu(494.5e12, "NVIDIA H100 80GB HBM3") == pytest.approx(0.5)
+    assert runtime.mfu(32.5e12, "Tesla T4") == pytest.approx(0.5)  # fp16: the T4 has no bf16
+    assert runtime.mfu(1e15, "NVIDIA B200") is None

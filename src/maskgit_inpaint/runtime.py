@@ -21,6 +21,7 @@ import contextlib
 import functools
 import os
 import platform
+import re
 import subprocess
 import time
 import warnings
@@ -193,13 +194,35 @@ def clock(dev: torch.device) -> float:
     return time.perf_counter()
 
 
-# Dense bf16 peak FLOP/s of common training GPUs (vendor datasheets), for MFU.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
+# Dense tensor-core peak FLOP/s of common GPUs (vendor datasheets), the denominator of MFU: bf16 with fp32
+# accumulation (what autocast runs), or fp16 where the GPU has no bf16 (V100, T4: auto runs fp16 there).
+# Without structured sparsity: datasheets often lead with the 2:4-sparse figure, twice these. The RTX 4090's
+# 165 is its dense bf16 tensor figure with fp32 accumulation (82.6 is its non-tensor fp32 rate).
+PEAK_DENSE_FLOPS = {
+    "H200": 989e12, "H200 NVL": 835e12, "H100": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12,  # H100/H200: SXM
+    "A100": 312e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12, "A10": 125e12,
+    "A10G": 70e12,  # AWS's variant of the A10: no public datasheet, an estimate
+    "RTX 4090": 165e12, "V100": 125e12, "T4": 65e12,
+}
 
 
-def peak_flops(dev: torch.device) -> float | None:
-    """Peak bf16 FLOP/s of a known CUDA device; None elsewhere (MFU is then not reported)."""
-    if dev.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(dev)
-    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+def _words(name: str) -> str:
+    """`name` as lower-case words between spaces, so that whole words can be looked up in it."""
+    return f" {' '.join(re.findall(r'[0-9a-z]+', name.lower()))} "
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Dense bf16 (fp16 without bf16) peak FLOP/s of the GPU that torch.cuda.get_device_name() calls `device_name`.
+
+    A key matches as whole words ("NVIDIA A100-SXM4-80GB" is an A100; "NVIDIA RTX A1000" is not, nor is an
+    L40S an L4), and the longest key wins ("NVIDIA H100 PCIe" is not an SXM H100). None: not in the table.
+    """
+    name = _words(device_name)
+    matches = [key for key in PEAK_DENSE_FLOPS if _words(key) in name]
+    return PEAK_DENSE_FLOPS[max(matches, key=len)] if matches else None
+
+
+def mfu(flops_per_second: float, device_name: str) -> float | None:
+    """Model FLOPs utilisation: achieved model FLOP/s of one GPU over its dense peak; None where the peak is unknown."""
+    peak = peak_flops(device_name)
+    return None if peak is None else flops_per_second / peak

@@ -26,6 +26,11 @@ class Processes:
         return self.rank == 0
 
 
+def backend(dev: torch.device) -> str:
+    """The process group backend for `dev`: NCCL between GPUs (gloo has no fast GPU collectives), gloo between CPUs."""
+    return "nccl" if dev.type == "cuda" else "gloo"
+
+
 def start(seed: int) -> tuple[Processes, torch.device]:
     """Join the process group when launched by torchrun; seed and place this process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -38,7 +43,7 @@ def start(seed: int) -> tuple[Processes, torch.device]:
         else:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
             torch.set_num_threads(max(1, torch.get_num_threads() // local))  # share the cores, don't oversubscribe them
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend(dev))
     return procs, dev
 
 

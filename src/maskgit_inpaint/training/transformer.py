@@ -65,7 +65,8 @@ class TransformerMetrics:
     steps: int
     processes: int
     tokens_per_s: float  # training throughput in the last log window
-    mfu: float | None  # model FLOPs utilisation in that window; None where the device's peak FLOPs are unknown
+    tflops_per_s: float | None  # model TFLOP/s per GPU in that window; None on a CPU
+    mfu: float | None  # model FLOPs utilisation in that window; None on a CPU or a GPU whose peak is not in runtime's table
 
     def flat(self) -> dict[str, int | float]:
         """One level, numbers only (a figure that was not measured is left out)."""
@@ -87,6 +88,12 @@ def training_flops_per_token(config: TransformerConfig) -> float:
     per_layer = 4 * c.n_embd * c.n_embd + 2 * c.mlp_ratio * c.n_embd * c.n_embd  # qkv + proj, mlp
     matmul_weights = c.n_layer * per_layer + c.n_embd * c.codebook_size  # + the output head
     return 6 * matmul_weights + 12 * c.n_layer * c.n_embd * c.n_tokens
+
+
+def flops_figures(flops_per_second: float, device_name: str) -> dict[str, float]:
+    """Curve columns of one GPU's achieved model FLOP/s: TFLOP/s, and MFU where runtime knows the GPU's peak."""
+    utilisation = runtime.mfu(flops_per_second, device_name)
+    return {"tflops_per_s": flops_per_second / 1e12, **({} if utilisation is None else {"mfu": utilisation})}
 
 
 def model_config(p: TransformerParams, codebook_size: int, n_tokens: int) -> TransformerConfig:
@@ -178,8 +185,7 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Proce
     stepper = DistributedDataParallel(model) if procs.world > 1 else model  # gradients averaged across processes
     stepper = torch.compile(stepper) if p.compile else stepper
     baseline = most_frequent_token_accuracy(train_tokens, val) if procs.main else math.nan
-    flops_per_step = training_flops_per_token(config) * p.batch_size * config.n_tokens
-    peak = runtime.peak_flops(dev)
+    flops_per_step = training_flops_per_token(config) * p.batch_size * config.n_tokens  # of the global batch
     generator = torch.Generator()
     model.train()
     bar = tqdm(range(start, p.steps), desc="transformer", initial=start, total=p.steps, unit="step", disable=not procs.main)
@@ -207,8 +213,8 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Proce
         if procs.main and (done % LOG_EVERY == 0 or done == p.steps):
             seconds = (runtime.clock(dev) - window_began) / (done - window_start)  # per step
             row = {"step": done, "train_loss": loss.item(), "lr": lr, "tokens_per_s": p.batch_size * config.n_tokens / seconds}
-            if peak:
-                row["mfu"] = flops_per_step / seconds / (peak * procs.world)
+            if dev.type == "cuda":  # a CPU has no dense tensor-core peak to measure against
+                row.update(flops_figures(flops_per_step / seconds / procs.world, prec.hardware.name))
             if done % p.eval_every == 0 or done == p.steps:
                 scores = evaluate(model, val, p.eval_mask_ratios, p.batch_size * 4, prec)
                 row.update(val_columns(scores))
@@ -217,15 +223,19 @@ def train(p: TransformerParams, tokens_dir: Path, state_path: Path, procs: Proce
             curve.append(row)
             mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
             bar.set_postfix({"loss": f"{loss.item():.3f}", "tok/s": f"{row['tokens_per_s']:.0f}",
-                             **({"mfu": f"{row['mfu']:.1%}"} if peak else {}),
+                             **({"TFLOP/s": f"{row['tflops_per_s']:.1f}"} if "tflops_per_s" in row else {}),
+                             **({"mfu": f"{row['mfu']:.1%}"} if "mfu" in row else {}),
                              **({"val_acc": f"{row['val_accuracy']:.3f}"} if "val_accuracy" in row else {})})
             window_began, window_start = runtime.clock(dev), done
         if procs.main and done % p.checkpoint_every == 0 and done < p.steps:
+            began = runtime.clock(dev)
             resume.save(model, optimizer, done, best, curve, {"scaler": scaler.state_dict()})
+            window_began += runtime.clock(dev) - began  # saving is not training: left out of the throughput window
     if not procs.main:
         return TransformerResult(model.eval(), prec, None, curve)
     last = curve[-1]  # logged at the last step, with `scores`
     metrics = TransformerMetrics(val=scores, baseline_accuracy=baseline, best_val_accuracy=best["val_accuracy"],
                                  best_step=best["step"], parameters=sum(q.numel() for q in model.parameters()),
-                                 steps=p.steps, processes=procs.world, tokens_per_s=last["tokens_per_s"], mfu=last.get("mfu"))
+                                 steps=p.steps, processes=procs.world, tokens_per_s=last["tokens_per_s"],
+                                 tflops_per_s=last.get("tflops_per_s"), mfu=last.get("mfu"))
     return TransformerResult(model.eval(), prec, metrics, curve)
