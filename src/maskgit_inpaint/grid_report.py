@@ -5,15 +5,18 @@ before MLflow is touched, so a tracking store that is down or locked costs the r
 never the results: one warning, and results/NOT_LOGGED.txt says what is missing and
 how to log it.
 
-metrics/eval.json is what `dvc metrics show` and `dvc metrics diff` read: flat and
-numeric, per mask kind and headline metric the held-out pick's value and interval on
+metrics/eval.json is what `dvc metrics show` and `dvc metrics diff` read: the profile's
+name, then flat numbers: per mask kind and headline metric the held-out pick's value and interval on
 the report half, how many cells tie with it, and the baselines on the same half.
 Everything that describes them (which cell, the tied cells, verdicts and p-values,
 the runtime, unavailable metrics) is in metrics/eval_summary.json beside it.
 
-A report needs nothing but the cells: each carries what it was scored on and each
-trajectory its sample strip, so a grid whose cells all come from the cache loads no
-model, image or metric backbone to be published.
+results/grid_by_area.csv splits each cell's per-image metrics by mask-area bucket
+(LaMa's 0-10%, 10-20%, ...), from the hole sizes masks.json records.
+
+A report needs nothing but the cells and masks.json: each cell carries what it was
+scored on and each trajectory its sample strip, so a grid whose cells all come from
+the cache loads no model, image or metric backbone to be published.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from maskgit_inpaint import evaluation, figures, grid_stats, runtime, tracking
+from maskgit_inpaint import evaluation, figures, grid_stats, masks, runtime, tracking
+from maskgit_inpaint.data import eval_masks
 from maskgit_inpaint.config import EvalParams, PathsParams
 from maskgit_inpaint.io import atomic_dir, write_json
 
@@ -181,6 +185,12 @@ def _log(paths: PathsParams, p: EvalParams, *, profile: str, spec: evaluation.Gr
         mlflow.log_metrics(metrics)  # the same names and values as metrics/eval.json
 
 
+def area_buckets(paths: PathsParams, kinds: tuple[str, ...], n_images: int) -> dict[str, np.ndarray]:
+    """Each scored image's mask-area bucket per kind, from the hole sizes eval_masks recorded."""
+    meta = eval_masks.load_meta(paths.masks)
+    return {kind: masks.area_buckets(np.array(meta.hidden[kind][:n_images]), meta.image_size ** 2) for kind in kinds}
+
+
 def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajectories: dict, baselines: list[evaluation.Cell],
             failed: list[evaluation.Cell], *, profile: str) -> dict:
     """Write results/, metrics/eval.json and metrics/eval_summary.json, then log the grid to MLflow; returns the per-mask summary."""
@@ -208,6 +218,7 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
         result.comparisons.to_csv(out / "grid_comparisons.csv", index=False)
         result.comparisons.to_parquet(out / "grid_comparisons.parquet", index=False)
         grid_stats.per_image_table(cells, halves).to_parquet(out / "grid_per_image.parquet", index=False)
+        grid_stats.by_area(cells, area_buckets(paths, p.masks, scored[0].images)).to_csv(out / "grid_by_area.csv", index=False)
         for name, fig in pictures.items():
             figures.save(fig, out / name, close=False)
     write_json(paths.metrics / "eval.json", {"profile": profile, **metrics})

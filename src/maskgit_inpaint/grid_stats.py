@@ -190,6 +190,30 @@ def _pick(refs: dict, cells: list[evaluation.Cell], metric: str, halves: stats.S
     return Pick(keys_of(best.row), _half_value(best, metric, halves.selection, "selection"), report, tied, summary)
 
 
+def by_area(cells: list[evaluation.Cell], buckets: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per cell and mask-area bucket (LaMa's evaluator): the images in it, each per-image metric's mean and standard error.
+
+    `buckets` maps a mask kind to each image's bucket label (masks.area_buckets). The
+    set-level metrics (SWD, FID) are not split: a bucket of a few images has no stable
+    distribution distance, and their patch sets and features are not kept per image.
+    """
+    rows = []
+    for c in cells:
+        if c.evidence is None:
+            continue
+        labels = buckets[c.row["mask"]]
+        for bucket in sorted(set(labels), key=lambda label: float(label.split("-")[0])):
+            chosen = labels == bucket
+            row = {**keys_of(c.row), "area": bucket, "n_images": int(chosen.sum())}
+            for metric in evaluation.PER_IMAGE:
+                values = c.evidence.per_image[metric].mean(0)[chosen]  # (n,) averaged over replicates
+                finite = values[np.isfinite(values)]
+                row[metric] = float(finite.mean()) if len(finite) else float("nan")
+                row[f"{metric}_se"] = float(finite.std(ddof=1) / np.sqrt(len(finite))) if len(finite) > 1 else float("nan")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def per_image_table(cells: list[evaluation.Cell], halves: stats.Split) -> pd.DataFrame:
     """Long format: one row per (cell, replicate, image, metric) with the image's half; unavailable metrics left out."""
     half = np.full(len(halves.selection) + len(halves.report), "report", dtype=object)
