@@ -118,3 +118,48 @@ def test_area_buckets_hold_their_lower_edge_as_lamas_evaluator():
 def test_area_buckets_need_a_width_that_divides_one():
     with pytest.raises(ValueError, match="whole buckets"):
         masks.area_buckets(np.array([16]), 64, width=0.3)
+
+
+def _grid(rows: list[str]) -> torch.Tensor:
+    return torch.tensor([[c == "X" for c in row] for row in rows]).flatten()  # (h*w,)
+
+
+def test_token_dilation_grows_by_whole_cells_with_corners_and_stops_at_the_border():
+    before = _grid(["X....",
+                    ".....",
+                    "....X",
+                    ".....",
+                    "....."])
+    # One cell: the 3x3 square around each masked cell (the diagonal (1, 1) too), cut at the border.
+    one = _grid(["XX...",
+                 "XX.XX",
+                 "...XX",
+                 "...XX",
+                 "....."])
+    two = _grid(["XXXXX",
+                 "XXXXX",
+                 "XXXXX",
+                 "..XXX",
+                 "..XXX"])
+    batch = torch.stack([before, torch.zeros(25, dtype=torch.bool), torch.ones(25, dtype=torch.bool)])  # (3, 25)
+    assert torch.equal(masks.dilate_token_mask(batch, 0), batch)
+    assert torch.equal(masks.dilate_token_mask(batch, 1), torch.stack([one, batch[1], batch[2]]))
+    assert torch.equal(masks.dilate_token_mask(batch, 2)[0], two)
+
+
+def test_token_dilation_by_one_is_maskgits_editing_box():
+    # MaskGIT_demo.ipynb edits bbox '128_64_256_288' (top, left, height, width) at 512 px, f = 16:
+    # inference.py masks latent rows max(0, 128//16 - 1) = 7 .. 256//16 + 128//16 + 1 = 25 (exclusive)
+    # and columns max(0, 64//16 - 1) = 3 .. 64//16 + 288//16 + 1 = 23, the token box rows 8..24, columns 4..22 grown by one.
+    pixel = torch.zeros(1, 1, 512, 512, dtype=torch.bool)
+    pixel[..., 128:128 + 256, 64:64 + 288] = True
+    official = torch.zeros(1, 32, 32, dtype=torch.bool)
+    official[:, 7:25, 3:23] = True
+    assert torch.equal(masks.dilate_token_mask(masks.to_token_mask(pixel, 16), 1), official.flatten(1))
+
+
+def test_token_dilation_refuses_bad_grids_and_cells():
+    with pytest.raises(ValueError, match="square"):
+        masks.dilate_token_mask(torch.zeros(1, 10, dtype=torch.bool), 1)
+    with pytest.raises(ValueError, match=">= 0"):
+        masks.dilate_token_mask(torch.zeros(1, 16, dtype=torch.bool), -1)

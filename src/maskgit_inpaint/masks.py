@@ -10,6 +10,7 @@ kinds with LaMa's generators.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -185,6 +186,24 @@ def area_buckets(hidden: np.ndarray, pixels: int, width: float = 0.1) -> np.ndar
 def to_token_mask(mask: torch.Tensor, f: int) -> torch.Tensor:
     """(B, 1, H, W) pixel mask -> (B, H/f * W/f) token mask: a token is masked when its f x f patch touches a missing pixel."""
     return F.max_pool2d(mask.float(), kernel_size=f).flatten(1).bool()  # (B, h*w)
+
+
+def dilate_token_mask(token_mask: torch.Tensor, cells: int) -> torch.Tensor:
+    """(B, h*w) token mask on a square grid -> (B, h*w), grown by `cells` latent cells in all 8 directions.
+
+    A square window, as MaskGIT's editing path grows its token box by one cell on every
+    side, corners included (inference.py); cells past the border are dropped, not wrapped.
+    """
+    if cells < 0:
+        raise ValueError(f"cells must be >= 0, got {cells}")
+    side = math.isqrt(token_mask.shape[1])
+    if side * side != token_mask.shape[1]:
+        raise ValueError(f"token mask of {token_mask.shape[1]} tokens is not a square grid")
+    if cells == 0:
+        return token_mask
+    grid = token_mask.reshape(-1, 1, side, side).float()  # (B, 1, h, w)
+    # One (2c+1)-wide window = c successive 3x3 dilations; max_pool pads with -inf, so nothing enters from the border.
+    return F.max_pool2d(grid, kernel_size=2 * cells + 1, stride=1, padding=cells).flatten(1).bool()  # (B, h*w)
 
 
 def feather(mask: torch.Tensor, width: int) -> torch.Tensor:

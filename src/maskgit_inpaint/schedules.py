@@ -13,15 +13,20 @@ from collections.abc import Callable
 
 import torch
 
-Schedule = Callable[[torch.Tensor, int], torch.Tensor]
+Schedule = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _log(r: torch.Tensor, n: int) -> torch.Tensor:
-    return -torch.log2(r) / math.log2(max(n, 2))
+def _bits(n: torch.Tensor) -> torch.Tensor:
+    # Counts below 2 are taken as 2: log2 would be 0 or -inf there (see gamma).
+    return torch.log2(n.clamp(min=2))
 
 
-def _exp(r: torch.Tensor, n: int) -> torch.Tensor:
-    return 1 - torch.exp2(-math.log2(max(n, 2)) * (1 - r))
+def _log(r: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    return -torch.log2(r) / _bits(n)
+
+
+def _exp(r: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    return 1 - torch.exp2(-_bits(n) * (1 - r))
 
 
 SCHEDULES: dict[str, Schedule] = {
@@ -35,9 +40,20 @@ SCHEDULES: dict[str, Schedule] = {
 }
 
 
-def gamma(name: str, r: torch.Tensor | float, n_tokens: int) -> torch.Tensor:
-    """Masked fraction at progress r (clipped to [1e-6, 1] as MaskGIT); n_tokens feeds log/exp."""
+def gamma(name: str, r: torch.Tensor | float, n_tokens: torch.Tensor | int) -> torch.Tensor:
+    """Masked fraction at progress r, clipped to [1e-6, 1] as MaskGIT; float64.
+
+    n_tokens is the token count the log and exp schedules scale by: the sequence
+    length N in training, each image's count masked at the start (B, 1) in decoding
+    (libml/parallel_decode.py passes unknown_number_in_the_beginning). log and exp
+    broadcast r against it; the other schedules ignore it. Counts 0 and 1 are taken
+    as 2, where MaskGIT's formula gives inf or NaN: decoding cannot tell, since the
+    count kept masked, max(1, min(still masked - 1, floor(gamma * M))), is 1 for any
+    gamma when M = 1 (the token stays masked to the last step, as in MaskGIT) and
+    nothing is masked when M = 0.
+    """
     if name not in SCHEDULES:
         raise ValueError(f"unknown mask schedule {name!r}; choose from {sorted(SCHEDULES)}")
     r = torch.as_tensor(r, dtype=torch.float64)
-    return SCHEDULES[name](r, n_tokens).clamp(1e-6, 1.0)
+    n = torch.as_tensor(n_tokens, dtype=torch.float64)
+    return SCHEDULES[name](r, n).clamp(1e-6, 1.0)
