@@ -20,9 +20,8 @@ from maskgit_inpaint import config
 PROFILE_LINE = re.compile(r"^profile:.*$", re.MULTILINE)
 
 
-def use(name: str, params_file: Path | str = config.DEFAULT_PARAMS) -> config.Params:
-    """Make `name` the active profile of `params_file`; raises ParamsError (file unchanged) when it does not load."""
-    params_file = Path(params_file)
+def _with_profile(name: str, params_file: Path, keep: bool) -> config.Params:
+    """The params of `params_file` under profile `name`; `keep`: make that the file's profile (only if it loads)."""
     text = params_file.read_text()
     if not PROFILE_LINE.search(text):
         raise config.ParamsError(f"{params_file}: no top-level `profile:` line to set")
@@ -30,12 +29,23 @@ def use(name: str, params_file: Path | str = config.DEFAULT_PARAMS) -> config.Pa
     trial.write_text(PROFILE_LINE.sub(f"profile: {name}", text, count=1))
     try:
         params = config.load(trial)
-        os.replace(trial, params_file)
+        if keep:
+            os.replace(trial, params_file)
     except config.ParamsError as error:  # name the user's file, not the trial copy
         raise config.ParamsError(str(error).replace(str(trial), str(params_file))) from None
     finally:
         trial.unlink(missing_ok=True)
     return params
+
+
+def use(name: str, params_file: Path | str = config.DEFAULT_PARAMS) -> config.Params:
+    """Make `name` the active profile of `params_file`; raises ParamsError (file unchanged) when it does not load."""
+    return _with_profile(name, Path(params_file), keep=True)
+
+
+def load_profile(name: str, params_file: Path | str = config.DEFAULT_PARAMS) -> config.Params:
+    """The params `params_file` would have under profile `name`, leaving the file as it is."""
+    return _with_profile(name, Path(params_file), keep=False)
 
 
 def main(argv: list[str] | None = None) -> int:
