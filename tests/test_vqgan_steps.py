@@ -27,7 +27,7 @@ def _pixels(n_batches: int, batch: int = 4, seed: int = 0) -> list[torch.Tensor]
 
 
 def _learners(p) -> tuple[vqgan.Learners, TokenizerLoss]:
-    learners = vqgan.build_learners(p, vqgan.initial_model(p, SIZE, None), CPU, FP32)
+    learners = vqgan.initial_learners(p, SIZE, None, CPU, FP32)
     loss_fn = TokenizerLoss(LossConfig(p.perceptual_weight, p.disc_weight, p.disc_start), None, learners.discriminator)
     return learners, loss_fn
 
@@ -63,7 +63,7 @@ def test_gan_step_leaves_the_discriminator_alone_before_disc_start(params):
 
 def test_dead_code_restart_reseeds_exactly_the_unused_codes(params):
     torch.manual_seed(0)
-    model = vqgan.initial_model(params, SIZE, None)
+    model = vqgan.VQGAN(vqgan.model_config(params, SIZE))
     codebook = model.quantize.embedding.weight
     before = codebook.detach().clone()
     usage = torch.ones(params.n_embed, dtype=torch.long)

@@ -76,6 +76,21 @@ class ForeignCheckpointError(ValueError):
     """A checkpoint from another code base is missing, unreadable, or does not fit the model."""
 
 
+def key_map_problems(weights: dict[str, torch.Tensor], key_map: dict[str, str], expected: dict[str, torch.Tensor]) -> list[str]:
+    """Why `weights` (a foreign file's tensors) do not load through `key_map` (file key -> ours) into a state dict
+    shaped like `expected`: keys missing from the file, keys the map does not know, shapes that differ."""
+    problems = [f"missing {k}" for k in key_map if k not in weights]
+    problems += [f"unexpected {k}" for k in weights if k not in key_map]
+    problems += [f"{k}: file {tuple(weights[k].shape)}, model {tuple(expected[ours].shape)}"
+                 for k, ours in key_map.items() if k in weights and weights[k].shape != expected[ours].shape]
+    return problems
+
+
+def listed(problems: list[str], limit: int = 12) -> str:
+    """The first `limit` problems, one an indented line: enough to see the pattern without a page of keys."""
+    return "\n  " + "\n  ".join(problems[:limit]) + ("\n  ..." if len(problems) > limit else "")
+
+
 class _Inert:
     """Stands in for a class or function pickled beside the weights: takes any arguments and state, runs nothing."""
 

@@ -9,10 +9,16 @@ hinge loss on real images vs reconstructions. The adversarial terms switch on at
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from maskgit_inpaint.models.checkpoint import ForeignCheckpointError, key_map_problems, listed
+
+# Where taming's VQLPIPSWithDiscriminator keeps its NLayerDiscriminator in a VQModel checkpoint.
+TAMING_DISCRIMINATOR_PREFIX = "loss.discriminator."
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,40 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.main(images)  # (B, 1, h, w) patch logits
+
+
+def load_taming_discriminator(state: dict[str, torch.Tensor], discriminator: PatchDiscriminator, path: Path | str) -> bool:
+    """Start `discriminator` from the `loss.discriminator.*` tensors of a taming checkpoint's state dict.
+
+    Returns False, loading nothing, when the file holds none of them (a checkpoint saved
+    without its loss). Otherwise every key and shape must match, running statistics
+    included; a discriminator of another size fails with the list and the disc_layers /
+    disc_ch the file was built with. `path` names the file in messages.
+    """
+    weights = {k: v for k, v in state.items() if k.startswith(TAMING_DISCRIMINATOR_PREFIX)}
+    if not weights:
+        return False
+    expected = discriminator.state_dict()
+    key_map = {TAMING_DISCRIMINATOR_PREFIX + name: name for name in expected}  # our module names are taming's
+    problems = key_map_problems(weights, key_map, expected)
+    if problems:
+        raise ForeignCheckpointError(
+            f"{path}: its discriminator does not fit vqgan.disc_layers / disc_ch ({len(problems)} problems; "
+            f"{len(weights)} {TAMING_DISCRIMINATOR_PREFIX}* tensors in the file, {len(key_map)} expected):"
+            + listed(problems) + f"\n{_discriminator_hint(weights)}"
+        )
+    discriminator.load_state_dict({ours: weights[k] for k, ours in key_map.items()})
+    print(f"loaded {len(key_map)} discriminator tensors from {path}")
+    return True
+
+
+def _discriminator_hint(weights: dict[str, torch.Tensor]) -> str:
+    first = weights.get(TAMING_DISCRIMINATOR_PREFIX + "main.0.weight")
+    convs = sum(1 for k, v in weights.items() if k.endswith(".weight") and v.ndim == 4)  # norm weights are 1-D
+    if first is None or convs < 3:  # a first conv, at least one normed block, a last conv
+        return "That is not a whole taming NLayerDiscriminator; download the checkpoint again."
+    return (f"The file's discriminator looks like: disc_layers={convs - 2}, disc_ch={first.shape[0]}; "
+            "set these in params.yaml `vqgan`.")
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -13,9 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskgit_inpaint.models.checkpoint import ForeignCheckpointError, read_foreign_state_dict, read_model
+from maskgit_inpaint.models.checkpoint import (ForeignCheckpointError, key_map_problems, listed, read_foreign_state_dict,
+                                               read_model)
 
-# taming's checkpoints carry its training loss (LPIPS + PatchGAN discriminator) under `loss.`; the tokenizer needs none of it.
+# taming's checkpoints carry its training loss (LPIPS + PatchGAN discriminator) under `loss.`; the tokenizer needs none of it
+# (fine-tuning starts its discriminator from `loss.discriminator.*`: losses.load_taming_discriminator).
 TAMING_DROPPED_PREFIX = "loss."
 
 
@@ -264,20 +266,22 @@ class VQGAN(nn.Module):
         the tensor shapes, with attention placed for `resolution` px inputs. Every key and
         shape is checked through `taming_key_map`; anything off fails with the list.
         """
-        state = read_foreign_state_dict(path)
+        return cls.from_taming_state_dict(read_foreign_state_dict(path), path, config, resolution)
+
+    @classmethod
+    def from_taming_state_dict(cls, state: dict[str, torch.Tensor], path: Path | str, config: VQGANConfig | None,
+                               resolution: int) -> "VQGAN":
+        """`from_taming_checkpoint` on the file's tensors, read once by a caller that also starts the
+        discriminator from them (`path` names the file in messages)."""
         weights = {k: v for k, v in state.items() if not k.startswith(TAMING_DROPPED_PREFIX)}
         model = cls(config or infer_taming_config(weights, resolution, path))
         expected = model.state_dict()
         key_map = taming_key_map(model)
-        problems = [f"missing {k}" for k in key_map if k not in weights]
-        problems += [f"unexpected {k}" for k in weights if k not in key_map]
-        problems += [f"{k}: file {tuple(weights[k].shape)}, model {tuple(expected[ours].shape)}"
-                     for k, ours in key_map.items() if k in weights and weights[k].shape != expected[ours].shape]
+        problems = key_map_problems(weights, key_map, expected)
         if problems:
             raise ForeignCheckpointError(
                 f"{path}: does not fit the configured VQGAN ({len(problems)} problems; {len(weights)} tensors in the file, "
-                f"{len(key_map)} expected):\n  " + "\n  ".join(problems[:12]) + ("\n  ..." if len(problems) > 12 else "")
-                + f"\n{_architecture_hint(weights, resolution, path)}"
+                f"{len(key_map)} expected):" + listed(problems) + f"\n{_architecture_hint(weights, resolution, path)}"
             )
         model.load_state_dict({ours: weights[k] for k, ours in key_map.items()})
         print(f"loaded {len(key_map)} tensors from {path} (dropped {len(state) - len(weights)} {TAMING_DROPPED_PREFIX}* tensors)")

@@ -26,7 +26,9 @@ from maskgit_inpaint import perceptual, runtime
 from maskgit_inpaint.config import VQGANParams
 from maskgit_inpaint.data import shards
 from maskgit_inpaint.metrics import psnr, ssim
-from maskgit_inpaint.models.losses import LossConfig, PatchDiscriminator, TokenizerLoss
+from maskgit_inpaint.models.checkpoint import read_foreign_state_dict
+from maskgit_inpaint.models.losses import (TAMING_DISCRIMINATOR_PREFIX, LossConfig, PatchDiscriminator, TokenizerLoss,
+                                           load_taming_discriminator)
 from maskgit_inpaint.models.vqgan import VQGAN, VQGANConfig
 from maskgit_inpaint.training.resume import Resume
 from maskgit_inpaint.training.schedule import warmup_cosine
@@ -130,12 +132,6 @@ def model_config(p: VQGANParams, image_size: int) -> VQGANConfig:
     )
 
 
-def initial_model(p: VQGANParams, image_size: int, init_path: Path | None) -> VQGAN:
-    """Random weights, or the taming checkpoint, which must match the params' architecture."""
-    config = model_config(p, image_size)
-    return VQGAN(config) if init_path is None else VQGAN.from_taming_checkpoint(init_path, config, image_size)
-
-
 def resumed_model(state: dict) -> VQGAN:
     """The architecture the saved state was trained with, whatever the params or the init file say now."""
     return VQGAN(VQGANConfig.from_dict(state["model_config"]))
@@ -156,6 +152,23 @@ def build_learners(p: VQGANParams, model: VQGAN, dev: torch.device, prec: runtim
     discriminator = PatchDiscriminator(3, p.disc_ch, p.disc_layers).to(dev) if p.disc_weight > 0 else None
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=p.lr, betas=(0.5, 0.9)) if discriminator else None
     return Learners(model, optimizer, discriminator, d_optimizer, prec.grad_scaler())
+
+
+def initial_learners(p: VQGANParams, image_size: int, init_path: Path | None, dev: torch.device,
+                     prec: runtime.Precision) -> Learners:
+    """A fresh run's learners: random weights, or the taming checkpoint's tokenizer and discriminator.
+
+    Both must match the params (architecture, disc_layers / disc_ch); the file, large, is read once for both.
+    """
+    config = model_config(p, image_size)
+    if init_path is None:
+        return build_learners(p, VQGAN(config).to(dev), dev, prec)
+    foreign = read_foreign_state_dict(init_path)
+    learners = build_learners(p, VQGAN.from_taming_state_dict(foreign, init_path, config, image_size).to(dev), dev, prec)
+    if learners.discriminator is not None and not load_taming_discriminator(foreign, learners.discriminator, init_path):
+        print(f"finetune_vqgan: {init_path} holds no {TAMING_DISCRIMINATOR_PREFIX}* tensors; "
+              "the discriminator starts from scratch")
+    return learners
 
 
 def restore(learners: Learners, state: dict, dev: torch.device) -> Progress:
@@ -324,8 +337,11 @@ def train(p: VQGANParams, *, image_size: int, shards_dir: Path, state_path: Path
     resume = Resume(state_path, {**p.model_dump(mode="json"), "precision": prec.name})
     state = resume.load()
     # The order of construction below is the order of draws from the seeded RNG: keep it.
-    model = (resumed_model(state) if state else initial_model(p, image_size, init_path)).to(dev)
-    learners = build_learners(p, model, dev, prec)
+    if state:  # resuming takes the discriminator, too, from the saved state, never from the init file
+        learners = build_learners(p, resumed_model(state).to(dev), dev, prec)
+    else:
+        learners = initial_learners(p, image_size, init_path, dev, prec)
+    model = learners.model
     loss_net, lpips_net, unavailable = lpips_networks(p, dev)
     loss_fn = TokenizerLoss(LossConfig(p.perceptual_weight, p.disc_weight, p.disc_start), loss_net, learners.discriminator)
     val_images, _ = shards.load_split(shards.shard_urls(shards_dir, "val"), limit=p.eval_images)
