@@ -109,7 +109,10 @@ def test_without_lpips_weights_training_says_so_and_uses_l1(tiny_chain, tmp_path
 
 
 def test_finetuning_a_taming_checkpoint_trains_decoder_and_codebook_only(tiny_chain, tmp_path):
-    env = _project(tiny_chain, tmp_path, init="tiny.ckpt", train_parts=["codebook", "decoder"], steps=40, lr=0.002)
+    # disc_start = steps: the discriminator loads but never judges. From step 6 (tiny) the PSNR gain checked below
+    # depended on its random weights (+0.43, over +0.5, -0.02 dB for three seeds), not on what fine-tuning trains.
+    env = _project(tiny_chain, tmp_path, init="tiny.ckpt", train_parts=["codebook", "decoder"], steps=40, lr=0.002,
+                   disc_start=40)
     pretrained = load_file(tiny_chain / "models/vqgan/model.safetensors")
     # The tiny params' discriminator (disc_ch 32, disc_layers 2) as taming stores it beside the tokenizer.
     discriminator = {f"loss.discriminator.{k}": v for k, v in PatchDiscriminator(3, 32, 2).state_dict().items()}
