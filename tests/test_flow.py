@@ -110,9 +110,9 @@ def test_eval_grid_flow_tables_tracks_and_caches(prefect_server, grid_project, s
     assert set(pick["against"]) == {"telea", "vq_ceiling", "t1"} or pick["cell"]["T"] == 1
     assert pick["tied_count"] == len(pick["tied"])
 
-    # What `dvc metrics show` reads: one level, numbers only, per mask kind and headline metric.
+    # What `dvc metrics show` reads: one level, the profile's name, then numbers only, per mask kind and headline metric.
     metrics = json.loads((grid_project / "metrics/eval.json").read_text(), parse_constant=_not_json)
-    assert all(type(v) in (int, float) for v in metrics.values())
+    assert metrics.pop("profile") == "embedded" and all(type(v) in (int, float) for v in metrics.values())
     assert metrics["cells"] == len(df) and metrics["failed_cells"] == 0 and metrics["report_images"] == summary["report_images"]
     keys = {"cells", "failed_cells", "report_images"}
     for mask in ("center", "thick"):
@@ -325,3 +325,30 @@ def test_a_killed_grid_resumes_to_the_same_table_and_uncached_runs_agree(prefect
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert len(eval((grid_project / "decoded.txt").read_text())) == 1  # the two finished before the kill came from the cache
     pd.testing.assert_frame_equal(_timeless(grid_project), uninterrupted)
+
+
+def test_token_temperatures_are_an_axis_and_a_later_start_shares_no_first_step(prefect_server, grid_project, monkeypatch):
+    from flows.eval_grid import eval_grid
+
+    write_tiny_params(grid_project / "params.yaml", eval={"seed": 19, "masks": ["center"], "T": [1, 3], "token_temperature": [1.0, 0.5]})
+    remake_masks(grid_project)
+    calls = _trajectory_calls(monkeypatch)
+    eval_grid(params_file="params.yaml")
+    df = pd.read_csv(grid_project / "results/grid.csv")
+    decoded = df[df.method == "maskgit"]
+    assert set(decoded.token_temperature) == {1.0, 0.5} and len(decoded) == 2 * 2 * (1 + 3)  # tau x schedules x cells
+    assert sorted(calls) == sorted([("center", "linear", 1)] * 2 + [("center", s, 3) for s in ("linear", "cosine")] * 2)
+    for tau, cells in decoded.groupby("token_temperature"):  # step 1 is one decode per temperature, shared by every T
+        assert cells[cells.sweet_spot == 1].psnr_masked.nunique() == 1
+    first = decoded[decoded.sweet_spot == 1].groupby("token_temperature").psnr_masked.first()
+    assert first[1.0] != first[0.5], "a lower temperature draws other tokens"
+    by_area = pd.read_csv(grid_project / "results/grid_by_area.csv")
+    assert set(by_area.area) == {"20-30%"} and (by_area.n_images == 6).all()  # the center box hides 25% of every image
+
+    write_tiny_params(grid_project / "params.yaml", eval={"seed": 19, "masks": ["center"], "T": [3], "sweet_spots": [2],
+                                                          "start_step": 1})
+    calls.clear()
+    eval_grid(params_file="params.yaml")
+    decoded = pd.read_csv(grid_project / "results/grid.csv").query("method == 'maskgit'")
+    assert sorted(calls) == [("center", "cosine", 3), ("center", "linear", 3)], "no T = 1 trajectory to share"
+    assert set(decoded.sweet_spot) == {2, 3} and (decoded.status == "ok").all()

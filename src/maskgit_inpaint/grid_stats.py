@@ -69,7 +69,8 @@ def keys_of(row: dict) -> dict:
 def name_of(row: dict) -> str:
     if row["method"] != "maskgit":
         return row["method"]
-    tau = "" if row["token_temperature"] == 1.0 else f" tau={row['token_temperature']:g}"  # MaskGIT's draw goes unsaid
+    temperature = row.get("token_temperature")
+    tau = "" if temperature is None or temperature == 1.0 else f" tau={temperature:g}"  # MaskGIT's draw goes unsaid
     return f"{row['schedule']}{tau} T={row['T']} k={row['sweet_spot']}"
 
 
