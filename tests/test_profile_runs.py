@@ -4,9 +4,10 @@ A user of a GPU box runs `make run PROFILE=<name>` on the Places365 downloads an
 taming's checkpoint; here the same command runs on a couple of dozen scenes written in
 the official archive layout, a taming-layout f16-1024 checkpoint with random weights and
 random-weight LPIPS / FID backbones in a temp torch hub. Image sizes, tokenizer
-architectures, codebooks and transformer widths are the profile's own; steps, image
-counts and (for the 24-layer transformer) depth are cut. About 2-5 minutes per profile on
-a 2-core laptop CPU: run by `make test-profiles` (and `.ci/run`), not by `make test`.
+architectures, codebooks and transformers (places365: MaskGIT's 24 x 768) are the
+profile's own; steps, image counts and the 256 px grids' axes are cut. About 2-4
+minutes per profile on a 2-core laptop CPU: run by `make test-profiles` (and
+`.ci/run`), not by `make test`.
 """
 import json
 
@@ -27,8 +28,7 @@ COUNTS = {
     "vqgan": {"steps": 2, "batch_size": 2, "warmup_steps": 0, "eval_every": 2, "eval_images": 2, "checkpoint_every": 2,
               "num_workers": 0, "download_weights": False},
     "tokens": {"batch_size": 4},
-    "transformer": {"n_layer": 2, "steps": 3, "batch_size": 4, "warmup_steps": 0, "eval_every": 3, "checkpoint_every": 3,
-                    "compile": False},
+    "transformer": {"steps": 3, "batch_size": 4, "warmup_steps": 0, "eval_every": 3, "checkpoint_every": 3, "compile": False},
     "eval": {"num_images": 4, "batch_size": 4, "sample_images": 2, "bootstrap_resamples": 20, "download_weights": False},
 }
 # Grid axes cut where a 256 px decode costs seconds on a CPU; lab03 keeps its published grid (T = 7, k 3/5/7, 3 schedules).
@@ -83,6 +83,7 @@ def test_profile_runs_end_to_end_at_its_shapes(tmp_path, user_files, profile):
     transformer = json.loads((repo / "models/transformer/config.json").read_text())
     assert transformer["model"]["n_embd"] == overlay["transformer"]["n_embd"] == 768
     assert transformer["model"]["n_head"] == overlay["transformer"]["n_head"]
+    assert transformer["model"]["n_layer"] == overlay["transformer"]["n_layer"]
     if overlay["vqgan"]["init"]:
         assert "discriminator tensors from" in out, "the checkpoint's discriminator starts the fine-tune"
 
