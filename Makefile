@@ -26,7 +26,7 @@ run: $(STAMP)
 	dvc repro
 
 test: $(STAMP)
-	python -m pytest -m "not slow and not profile_run" -q
+	python -m pytest -m "not slow and not profile_run" -q --durations=10
 
 test-slow: $(STAMP)
 	python -m pytest -m slow -q

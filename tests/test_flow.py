@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lpips
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -344,8 +345,10 @@ def test_token_temperatures_are_an_axis_and_a_later_start_shares_no_first_step(p
     assert first[1.0] != first[0.5], "a lower temperature draws other tokens"
     by_area = pd.read_csv(grid_project / "results/grid_by_area.csv")
     assert set(by_area.area) == {"20-30%"} and (by_area.n_images == 6).all()  # the center box hides 25% of every image
+    one_bucket = by_area.merge(df, on=["method", "mask", "schedule", "token_temperature", "T", "sweet_spot"], suffixes=("", "_all"))
+    assert np.allclose(one_bucket.swd_masked, one_bucket.swd_masked_all) and np.allclose(one_bucket.psnr_masked, one_bucket.psnr_masked_all)
 
-    write_tiny_params(grid_project / "params.yaml", eval={"seed": 19, "masks": ["center"], "T": [3], "sweet_spots": [2],
+    write_tiny_params(grid_project / "params.yaml", eval={"seed": 19, "masks": ["center"], "T": [3], "sweet_spots": [2], "token_temperature": [1.0],
                                                           "start_step": 1})
     calls.clear()
     eval_grid(params_file="params.yaml")

@@ -125,6 +125,11 @@ class EvalData:
             self.holes[kind] = pixel, masks.to_token_mask(pixel, self.vqgan.config.downsample)
         return self.holes[kind]
 
+    def area_buckets(self, kind: str) -> np.ndarray:
+        """(N,) each image's hole-area bucket ("0-10%", ...) for mask kind `kind` (masks.area_buckets)."""
+        pixel = self.masks(kind)[0]
+        return masks.area_buckets(pixel.flatten(1).sum(1).numpy(), pixel[0].numel())
+
     def batches(self, kind: str, *, batch_size: int) -> Iterator[Batch]:
         """The val set in order, `batch_size` images at a time, with the holes of mask kind `kind`."""
         pixel_mask, token_mask = self.masks(kind)
@@ -204,6 +209,7 @@ class Evidence:
 
     per_image: dict[str, np.ndarray]  # metric -> (replicates, N) values, NaN where a metric is unavailable
     set_level: dict[str, SetLevel]  # swd, swd_masked, fid
+    by_area: dict[str, dict[str, float]] = field(default_factory=dict)  # hole-area bucket -> swd, swd_masked on its images
 
     @staticmethod
     def mean(parts: list[Evidence]) -> Evidence:
@@ -219,14 +225,17 @@ class Evidence:
                      for m in parts[0].set_level}
         for level in set_level.values():
             level.value, level.selection, level.report = float(level.value), float(level.selection), float(level.report)
-        return Evidence(per_image, set_level)
+        by_area = {bucket: {m: float(np.mean([p.by_area[bucket][m] for p in parts])) for m in values}
+                   for bucket, values in parts[0].by_area.items()}
+        return Evidence(per_image, set_level, by_area)
 
 
 class CellScores:
-    """Accumulates one cell's metrics over batches: per-image fidelity, set-level realism."""
+    """Accumulates one cell's metrics over batches: per-image fidelity, set-level realism (also per hole-area bucket)."""
 
-    def __init__(self, data: EvalData, seed: int):
+    def __init__(self, data: EvalData, seed: int, buckets: np.ndarray):
         self.data = data
+        self.buckets = buckets  # (N,) each image's hole-area bucket
         self.per_image: dict[str, list[torch.Tensor]] = {m: [] for m in PER_IMAGE}
         # Same seed in every cell: patches come from the same positions, so cells compare like for like.
         self.whole, self.masked = swd.PatchSets(seed=seed), swd.PatchSets(seed=seed)
@@ -254,6 +263,9 @@ class CellScores:
         whole, = self.whole.resample([(resampling.all, None)])
         report = torch.from_numpy(resampling.split.report)
         masked, masked_report = self.masked.resample([(resampling.all, None), (resampling.report, report)])
+        # FID per bucket would need the real images' features per image; their statistics are cached as moments only.
+        by_area = {bucket: {"swd": self.whole.distance(subset), "swd_masked": self.masked.distance(subset)}
+                   for bucket in np.unique(self.buckets) for subset in [torch.from_numpy(np.flatnonzero(self.buckets == bucket))]}
         fid = float("nan")
         if self.data.real_moments is not None and len(self.features) >= 2:  # a covariance needs two images
             fid = perceptual.frechet_distance(*self.features.moments(), *self.data.real_moments)
@@ -265,7 +277,8 @@ class CellScores:
                                        selection=self.masked.distance(torch.from_numpy(resampling.split.selection)),
                                        report=self.masked.distance(report), report_replicates=masked_report.numpy()),
                 "fid": SetLevel(fid, None),  # a resampled FID needs a 2048-d matrix root per resample: not computed
-            })
+            },
+            by_area=by_area)
 
 
 @dataclass(frozen=True)
@@ -360,7 +373,7 @@ def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots
     pixel_seconds = dict.fromkeys(ks, 0.0)
     decode_seconds = 0.0
     for replicate in range(spec.replicates):
-        scores = {k: CellScores(data, spec.seed) for k in ks}
+        scores = {k: CellScores(data, spec.seed, data.area_buckets(mask)) for k in ks}
         for batch in data.batches(mask, batch_size=spec.batch_size):
             shown = batch.start == 0 and replicate == 0  # the sample strip's images
             if shown:
@@ -406,7 +419,7 @@ def with_first_step(first: Trajectory, rest: Trajectory | None, schedule: str, T
 def _baseline(spec: GridSpec, mask: str, method: str, fill: Callable[[EvalData, Batch], torch.Tensor]) -> Cell:
     """Score a baseline over the val set; fill(data, batch) -> the batch's completed images."""
     data = load_data(spec)
-    scores = CellScores(data, spec.seed)
+    scores = CellScores(data, spec.seed, data.area_buckets(mask))
     seconds = 0.0
     for batch in data.batches(mask, batch_size=spec.batch_size):
         began = runtime.clock(data.device)

@@ -124,8 +124,8 @@ def _references(cells: list[evaluation.Cell], metric: str, halves: stats.Split) 
     for c in cells:
         if c.row["method"] in ("telea", "vq_ceiling"):
             refs[c.row["method"]] = c
-        elif c.row["sweet_spot"] == 1 and "t1" not in refs:  # every k = 1 cell is the one-step (T = 1) decode
-            refs["t1"] = c
+        elif c.row["sweet_spot"] == 1 and ("t1" not in refs or c.row.get("token_temperature") == 1.0):
+            refs["t1"] = c  # a k = 1 cell is the one-step (T = 1) decode; MaskGIT's draw (temperature 1) where the grid has it
     decoded = [c for c in cells if c.row["method"] == "maskgit"]
     if decoded:
         sign = 1 if metric in LOWER_IS_BETTER else -1
@@ -192,11 +192,12 @@ def _pick(refs: dict, cells: list[evaluation.Cell], metric: str, halves: stats.S
 
 
 def by_area(cells: list[evaluation.Cell], buckets: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Per cell and mask-area bucket (LaMa's evaluator): the images in it, each per-image metric's mean and standard error.
+    """Per cell and mask-area bucket (LaMa's evaluator): the images in it, each per-image metric's mean and standard
+    error, and SWD (whole image and hole) on the bucket's images.
 
-    `buckets` maps a mask kind to each image's bucket label (masks.area_buckets). The
-    set-level metrics (SWD, FID) are not split: a bucket of a few images has no stable
-    distribution distance, and their patch sets and features are not kept per image.
+    `buckets` maps a mask kind to each image's bucket label (masks.area_buckets). SWD of a
+    bucket of a few images is noisy (it has no interval here); FID is not split (the
+    real images' statistics are cached as moments, not per image).
     """
     rows = []
     for c in cells:
@@ -211,6 +212,7 @@ def by_area(cells: list[evaluation.Cell], buckets: dict[str, np.ndarray]) -> pd.
                 finite = values[np.isfinite(values)]
                 row[metric] = float(finite.mean()) if len(finite) else float("nan")
                 row[f"{metric}_se"] = float(finite.std(ddof=1) / np.sqrt(len(finite))) if len(finite) > 1 else float("nan")
+            row.update(c.evidence.by_area.get(bucket, {}))
             rows.append(row)
     return pd.DataFrame(rows)
 
