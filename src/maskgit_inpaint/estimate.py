@@ -23,6 +23,7 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 from maskgit_inpaint import config, profiles, runtime
+from maskgit_inpaint.data.scenes import CATEGORIES
 from maskgit_inpaint.models.losses import PatchDiscriminator
 from maskgit_inpaint.models.transformer import TransformerConfig
 from maskgit_inpaint.models.vqgan import VQGAN
@@ -48,11 +49,14 @@ def _forward_flops(module: torch.nn.Module, *inputs: torch.Tensor) -> float:
 
 
 def _images(p: config.Params, split: str) -> int:
-    limit = p.data.max_train if split == "train" else p.data.max_val
+    """Images of `split` the shard stage keeps: the source's count, cut to data.max_train / max_val."""
     if p.data.source == "embedded":
         per = p.sample.train_per_category if split == "train" else p.sample.val_per_category
-        return min(limit or 10**12, 6 * per)  # the sample's six categories
-    return min(limit or 10**12, PLACES365_IMAGES[split])
+        available = len(CATEGORIES) * per
+    else:
+        available = PLACES365_IMAGES[split]
+    limit = p.data.max_train if split == "train" else p.data.max_val
+    return available if limit is None else min(limit, available)
 
 
 class _Nets:

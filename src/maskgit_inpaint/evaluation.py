@@ -38,8 +38,8 @@ from maskgit_inpaint.models.checkpoint import WEIGHTS
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer
 from maskgit_inpaint.models.vqgan import VQGAN
 
-COLUMNS = ["method", "mask", "schedule", "token_temperature", "T", "sweet_spot", "n_images", "replicates", "psnr", "psnr_masked", "ssim", "ssim_masked",
-           "swd", "swd_masked", "lpips", "lpips_masked", "fid", "seconds_per_image", "status"]
+COLUMNS = ["method", "mask", "schedule", "token_temperature", "T", "sweet_spot", "n_images", "replicates",
+           "psnr", "psnr_masked", "ssim", "ssim_masked", "swd", "swd_masked", "lpips", "lpips_masked", "fid", "seconds_per_image", "status"]
 QUALITY = ["psnr", "psnr_masked", "ssim", "ssim_masked"]  # per-image means
 REALISM = ["swd", "swd_masked"]  # set-level: generated vs real patch distributions
 PERCEPTUAL = ["lpips", "lpips_masked", "fid"]  # need pretrained backbones: NaN where unavailable
@@ -124,11 +124,6 @@ class EvalData:
             pixel = eval_masks.load(self.masks_dir, kind, self.keys)
             self.holes[kind] = pixel, masks.to_token_mask(pixel, self.vqgan.config.downsample)
         return self.holes[kind]
-
-    def area_buckets(self, kind: str) -> np.ndarray:
-        """(N,) each image's hole-area bucket ("0-10%", ...) for mask kind `kind` (masks.area_buckets)."""
-        pixel = self.masks(kind)[0]
-        return masks.area_buckets(pixel.flatten(1).sum(1).numpy(), pixel[0].numel())
 
     def batches(self, kind: str, *, batch_size: int) -> Iterator[Batch]:
         """The val set in order, `batch_size` images at a time, with the holes of mask kind `kind`."""
@@ -309,8 +304,7 @@ def _cell(method: str, mask: str, *, evidence: Evidence, seconds: float, scored_
           token_temperature: float | None = None, T: int | None = None, sweet_spot: int | None = None) -> Cell:
     n = scored_on.images
     row = {"method": method, "mask": mask, "schedule": schedule, "token_temperature": token_temperature, "T": T, "sweet_spot": sweet_spot,
-           "n_images": n,
-           "replicates": len(next(iter(evidence.per_image.values())))}
+           "n_images": n, "replicates": len(next(iter(evidence.per_image.values())))}
     row.update({m: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for m, v in evidence.per_image.items()})
     row.update({m: level.value for m, level in evidence.set_level.items()})
     finite = all(np.isfinite(row[k]) for k in QUALITY + REALISM)
@@ -368,12 +362,13 @@ def run_trajectory(spec: GridSpec, mask: str, schedule: str, T: int, sweet_spots
     data = load_data(spec)
     logits = runtime.in_cache_chunks(data.transformer, data.device, data.transformer.config.activation_bytes)
     ks = sorted(set(sweet_spots) | {T})
+    buckets = eval_masks.area_buckets(data.masks_dir, mask, len(data.images))  # (N,) each image's hole-area bucket
     resampling = Resampling.of(spec, len(data.images))
     evidence: dict[int, list[Evidence]] = {k: [] for k in ks}
     pixel_seconds = dict.fromkeys(ks, 0.0)
     decode_seconds = 0.0
     for replicate in range(spec.replicates):
-        scores = {k: CellScores(data, spec.seed, data.area_buckets(mask)) for k in ks}
+        scores = {k: CellScores(data, spec.seed, buckets) for k in ks}
         for batch in data.batches(mask, batch_size=spec.batch_size):
             shown = batch.start == 0 and replicate == 0  # the sample strip's images
             if shown:
@@ -419,7 +414,7 @@ def with_first_step(first: Trajectory, rest: Trajectory | None, schedule: str, T
 def _baseline(spec: GridSpec, mask: str, method: str, fill: Callable[[EvalData, Batch], torch.Tensor]) -> Cell:
     """Score a baseline over the val set; fill(data, batch) -> the batch's completed images."""
     data = load_data(spec)
-    scores = CellScores(data, spec.seed, data.area_buckets(mask))
+    scores = CellScores(data, spec.seed, eval_masks.area_buckets(data.masks_dir, mask, len(data.images)))
     seconds = 0.0
     for batch in data.batches(mask, batch_size=spec.batch_size):
         began = runtime.clock(data.device)
@@ -466,7 +461,8 @@ def spec_for(paths, p) -> GridSpec:
         fingerprint=fingerprint(paths.vqgan, paths.transformer, paths.tokens, paths.masks),
         num_images=p.num_images, batch_size=p.batch_size, seed=p.seed, replicates=p.replicates,
         bootstrap_resamples=p.bootstrap_resamples, selection_fraction=p.selection_fraction, temperature=p.temperature,
-        start_step=p.start_step, token_dilation=p.token_dilation, feather=p.feather, sample_images=p.sample_images, download_weights=p.download_weights, fid=p.fid,
+        start_step=p.start_step, token_dilation=p.token_dilation, feather=p.feather, sample_images=p.sample_images,
+        download_weights=p.download_weights, fid=p.fid,
         precision=runtime.precision(p.precision, runtime.device()).name,
     )
 

@@ -26,7 +26,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from maskgit_inpaint import evaluation, figures, grid_stats, masks, runtime, tracking
+from maskgit_inpaint import evaluation, figures, grid_stats, runtime, tracking
 from maskgit_inpaint.data import eval_masks
 from maskgit_inpaint.config import EvalParams, PathsParams
 from maskgit_inpaint.io import atomic_dir, write_json
@@ -185,12 +185,6 @@ def _log(paths: PathsParams, p: EvalParams, *, profile: str, spec: evaluation.Gr
         mlflow.log_metrics(metrics)  # the same names and values as metrics/eval.json
 
 
-def area_buckets(paths: PathsParams, kinds: tuple[str, ...], n_images: int) -> dict[str, np.ndarray]:
-    """Each scored image's mask-area bucket per kind, from the hole sizes eval_masks recorded."""
-    meta = eval_masks.load_meta(paths.masks)
-    return {kind: masks.area_buckets(np.array(meta.hidden[kind][:n_images]), meta.image_size ** 2) for kind in kinds}
-
-
 def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajectories: dict, baselines: list[evaluation.Cell],
             failed: list[evaluation.Cell], *, profile: str) -> dict:
     """Write results/, metrics/eval.json and metrics/eval_summary.json, then log the grid to MLflow; returns the per-mask summary."""
@@ -218,7 +212,8 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
         result.comparisons.to_csv(out / "grid_comparisons.csv", index=False)
         result.comparisons.to_parquet(out / "grid_comparisons.parquet", index=False)
         grid_stats.per_image_table(cells, halves).to_parquet(out / "grid_per_image.parquet", index=False)
-        grid_stats.by_area(cells, area_buckets(paths, p.masks, scored[0].images)).to_csv(out / "grid_by_area.csv", index=False)
+        buckets = {kind: eval_masks.area_buckets(paths.masks, kind, scored[0].images) for kind in p.masks}
+        grid_stats.by_area(cells, buckets).to_csv(out / "grid_by_area.csv", index=False)
         for name, fig in pictures.items():
             figures.save(fig, out / name, close=False)
     write_json(paths.metrics / "eval.json", {"profile": profile, **metrics})

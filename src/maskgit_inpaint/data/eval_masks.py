@@ -74,6 +74,12 @@ def check(masks_dir: Path | str, *, kinds: tuple[str, ...], seed: int, num_image
     return meta
 
 
+def area_buckets(masks_dir: Path | str, kind: str, n_images: int) -> np.ndarray:
+    """(n_images,) the hole-area bucket ("0-10%", ...) of the first images' `kind` masks, from the pixel counts masks.json holds."""
+    meta = load_meta(masks_dir)
+    return masks.area_buckets(np.array(meta.hidden[kind][:n_images]), meta.image_size ** 2)
+
+
 def load(masks_dir: Path | str, kind: str, keys: list[str]) -> torch.Tensor:
     """The masks of `kind` for the val images `keys`: (N, 1, H, W) bool, True = missing; checked against masks.json."""
     masks_dir = Path(masks_dir)
