@@ -2,7 +2,8 @@
 #   make run   - create .venv/, install the pinned stack + this package, run `dvc repro`
 #                (make run PROFILE=places365: switch params.yaml to that profile first; see profiles/)
 #   make test  - same set-up, then the test suite (slow end-to-end tests: make test-slow;
-#                each profile's chain at its real shapes: make test-profiles, which .ci/run also runs)
+#                each profile's chain at its real shapes: make test-profiles; real servers and clusters:
+#                make test-scale; .ci/run runs all three)
 #   make deps  - after adding or removing an import: rewrite the code deps of dvc.yaml
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Prefect / MLflow / DVC settings: src/maskgit_inpaint/environment.py (one table, applied on import).
 
-.PHONY: run test test-slow test-profiles bench deps ui clean
+.PHONY: run test test-slow test-profiles test-scale bench deps ui clean
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -26,13 +27,16 @@ run: $(STAMP)
 	dvc repro
 
 test: $(STAMP)
-	python -m pytest -m "not slow and not profile_run" -q --durations=10
+	python -m pytest -m "not slow and not profile_run and not scale_out" -q --durations=10
 
 test-slow: $(STAMP)
 	python -m pytest -m slow -q
 
 test-profiles: $(STAMP)
 	python -m pytest -m profile_run -q --durations=0
+
+test-scale: $(STAMP)
+	python -m pytest -m scale_out -q --durations=0
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; python $$b || exit 1; done

@@ -180,6 +180,9 @@ class EvalParams(Section):
     bootstrap_resamples: int = Field(..., ge=20)  # resamples of the images behind every interval and comparison
     confidence: float = Field(..., gt=0.5, lt=1.0)  # of the intervals; 1 - confidence is each test family's level
     selection_fraction: float = Field(..., gt=0.0, lt=1.0)  # of the images where the best cell is chosen (the rest report it)
+    runner: Literal["threads", "dask"]  # where trajectories run: this process (threads) or a Dask cluster through prefect-dask
+    dask_address: str  # runner dask: "" = a local cluster of dask_workers processes, else an existing scheduler's address
+    dask_workers: int = Field(..., ge=1)  # processes of the local cluster; each loads the models once
 
     @model_validator(mode="after")
     def _grid(self) -> "EvalParams":
