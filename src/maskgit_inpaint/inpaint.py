@@ -249,6 +249,32 @@ class Inpainter:
         return Image.fromarray(((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy())
 
 
+@dataclass(frozen=True)
+class Package:
+    """The trained pair and what a user's decode needs besides it: the grid's settings, its picks, what it was trained on."""
+
+    vqgan_dir: Path
+    transformer_dir: Path
+    eval: config.EvalParams  # the grid's fixed settings (and its defaults where no grid ran)
+    summary: dict | None  # metrics/eval_summary.json of the grid over this pair; None: no grid has run
+    training_note: str  # training_note(), said with every completion
+
+    def inpainter(self) -> Inpainter:
+        return Inpainter.load(self.vqgan_dir, self.transformer_dir, precision=self.eval.precision)
+
+    def settings(self, kind: str) -> Settings:
+        """The recommended settings for holes like mask kind `kind` (recommended())."""
+        return recommended(self.summary, kind, self.eval)
+
+
+def workspace_package(params: config.Params, models_dir: Path | None = None) -> Package:
+    """The pair this workspace trained (or the one in `models_dir`/vqgan + /transformer), with this workspace's grid summary."""
+    vqgan_dir, transformer_dir = ((models_dir / "vqgan", models_dir / "transformer") if models_dir
+                                  else (params.paths.vqgan, params.paths.transformer))
+    return Package(vqgan_dir, transformer_dir, params.eval, read_summary(params.paths.metrics / "eval_summary.json"),
+                   training_note(profile=params.profile, source=params.data.source))
+
+
 def training_note(*, profile: str, source: str) -> str:
     """What the models were trained on, said plainly; the embedded sample's models know nothing of real photographs."""
     if source == "embedded":
