@@ -21,22 +21,26 @@ def _changed_stages(repo) -> set[str]:
 
 
 # An edit (a comment is enough) -> the stages `dvc status` must report: exactly those whose code runs the file.
+# register_model loads and runs the model it saves (its input example), so the decode code is its code too.
 EDITS = {
-    "src/maskgit_inpaint/schedules.py": {"train_transformer", "eval_grid"},
-    "src/maskgit_inpaint/sampling.py": {"eval_grid"},
+    "src/maskgit_inpaint/schedules.py": {"train_transformer", "eval_grid", "register_model"},
+    "src/maskgit_inpaint/sampling.py": {"eval_grid", "register_model"},
+    "src/maskgit_inpaint/inpaint.py": {"register_model"},
     "src/maskgit_inpaint/data/sharding.py": {"shard"},
     "README.md": set(),
     "profiles/embedded.yaml": set(),  # a comment: the overlay's values are what DVC compares
 }
 # eval_masks reads the vqgan section for f (random_tokens hides whole f x f patches): it reruns in seconds, its outs the same.
-OVERLAY_EDITS = {"vqgan": {"finetune_vqgan", "eval_masks"}, "eval": {"eval_masks", "eval_grid"}}
+# register_model records the eval section in the model (the settings it serves where no grid has picked).
+OVERLAY_EDITS = {"vqgan": {"finetune_vqgan", "eval_masks"}, "eval": {"eval_masks", "eval_grid", "register_model"}}
 
 
 def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
     repo = _repo(tmp_path / "repo")
     out = run_ok(["dvc", "repro"], repo)
-    for stage in ("sample", "shard", "finetune_vqgan", "extract_tokens", "train_transformer", "eval_grid"):
+    for stage in ("sample", "shard", "finetune_vqgan", "extract_tokens", "train_transformer", "eval_grid", "register_model"):
         assert f"Running stage '{stage}'" in out
+    assert "registered maskgit-inpaint version 1 -> models:/maskgit-inpaint/1" in out and (repo / "models/mlflow/MLmodel").is_file()
     grid = pd.read_csv(repo / "results/grid.csv")
     # 2 masks x 2 schedules x (T=1: k 1; T=3: k 1, 2, 3)
     assert len(grid[grid.method == "maskgit"]) == 16 and grid[["psnr", "ssim"]].notna().all().all()
@@ -67,7 +71,7 @@ def test_dvc_repro_runs_the_chain_then_only_what_changed(tmp_path):
 
     commit_all(repo, "lock")
     out = run_ok(["dvc", "exp", "run", "-S", "eval.T=[2]"], repo)
-    assert "Running stage 'eval_grid'" in out
+    assert "Running stage 'eval_grid'" in out and "registered maskgit-inpaint version 2" in out  # new picks, a new version
     assert "Running stage 'train_transformer'" not in out and "Running stage 'finetune_vqgan'" not in out
     assert set(pd.read_csv(repo / "results/grid.csv")["T"].dropna()) == {2}
 

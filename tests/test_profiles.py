@@ -126,8 +126,8 @@ def test_use_keeps_comments_and_leaves_the_file_alone_on_error(tmp_path):
 
 @pytest.mark.parametrize("overlay, message", [
     ("paths: {raw: elsewhere}\n", r"unknown or fixed section 'paths'"),
-    ("sample: {}\ndata: {}\nvqgan: {}\ntokens: {}\ntransformer: {}\n", r"lacks section\(s\) \['eval'\]; write e.g. `eval: \{\}`"),
-    ("sample: {}\ndata: {}\nvqgan: {}\ntokens: {}\ntransformer: {}\neval: {steps: 3}\n",
+    ("sample: {}\ndata: {}\nvqgan: {}\ntokens: {}\ntransformer: {}\nregistry: {}\n", r"lacks section\(s\) \['eval'\]; write e.g. `eval: \{\}`"),
+    ("sample: {}\ndata: {}\nvqgan: {}\ntokens: {}\ntransformer: {}\nregistry: {}\neval: {steps: 3}\n",
      r"params.yaml \+ .*profiles/broken.yaml: invalid params; fix these keys:\n  eval.steps: Extra inputs"),
     ("eval: [1, 2\n", r"broken.yaml: not valid YAML"),
 ])

@@ -42,6 +42,7 @@ class PathsParams(Section):
     masks: Path  # the evaluation holes of every mask kind (PNG per val image) + masks.json
     pretrained: Path  # downloaded foreign checkpoints (taming VQGAN) that a stage starts from
     cache: Path  # recomputable derived data, e.g. FID statistics of the real val images (not a DVC out)
+    mlflow_model: Path  # the trained pair as one MLflow pyfunc model, what `mlflow models serve` serves (register_model)
 
 
 class SampleParams(Section):
@@ -199,6 +200,10 @@ class EvalParams(Section):
         return self
 
 
+class RegistryParams(Section):
+    name: str = Field(..., min_length=1)  # the MLflow registry name the served model gets a version under (models:/<name>/latest)
+
+
 class Params(Section):
     profile: str  # the overlay applied (profiles/<profile>.yaml); logged with every run and metrics file
     paths: PathsParams
@@ -208,6 +213,7 @@ class Params(Section):
     tokens: TokensParams
     transformer: TransformerParams
     eval: EvalParams
+    registry: RegistryParams
 
 
 class ParamsError(ValueError):
