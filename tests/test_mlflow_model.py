@@ -73,7 +73,8 @@ def test_a_box_and_a_mask_are_filled_and_every_known_pixel_kept(model, package, 
     original = _pixels(photo)
     drawn = np.zeros(original.shape[:2], dtype=np.uint8)
     drawn[5:25, 40:75] = 255
-    answer = model.predict(pd.DataFrame({"image": [photo, photo], "box": ["10,20,30,25", None], "mask": [None, _png(Image.fromarray(drawn))]}))
+    rows = {"image": [photo, photo], "box": ["10,20,30,25", None], "mask": [None, _png(Image.fromarray(drawn))]}
+    answer = model.predict(pd.DataFrame(rows))
     assert list(answer.columns) == ["image", "settings", "notes"] and len(answer) == 2
 
     box = np.zeros(original.shape[:2], dtype=bool)
@@ -122,7 +123,8 @@ def test_load_package_and_the_recorded_requirements(saved, package):
     assert (loaded.eval, loaded.summary, loaded.training_note) == (package.eval, package.summary, package.training_note)
     assert (loaded.vqgan_dir / "model.safetensors").read_bytes() == (package.vqgan_dir / "model.safetensors").read_bytes()
     assert not (saved / "code").exists(), "the model imports the installed package: no code is copied into it"
-    pins = {(r := Requirement(line)).name: r.specifier for line in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {(r := Requirement(line)).name: r.specifier for line in declared}
     recorded = [Requirement(line) for line in (saved / "requirements.txt").read_text().split()]
     for req in recorded:  # MLflow infers nothing: exactly the installed versions of the project's own pins
         version = str(req.specifier).removeprefix("==")
