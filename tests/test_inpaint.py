@@ -73,6 +73,15 @@ def test_a_mask_of_another_size_is_resized_onto_the_image():
     painted[:, :5] = 255  # the left quarter
     hole = inpaint.hole_from_mask(Image.fromarray(painted), (80, 30), "m.png")
     assert hole.shape == (30, 80) and hole[:, :20].all() and not hole[:, 20:].any()
+    stroke = np.zeros((40, 40), np.uint8)
+    stroke[:, 17] = 255  # one pixel wide
+    shrunk = inpaint.hole_from_mask(Image.fromarray(stroke), (10, 10), "m.png")
+    assert shrunk[:, 4].all() and shrunk.sum() == 10  # still there, one pixel wide
+    disc = np.zeros((20, 20), np.uint8)
+    disc[np.hypot(*np.mgrid[-9.5:10, -9.5:10]) < 8] = 255
+    enlarged = inpaint.hole_from_mask(Image.fromarray(disc), (200, 200), "m.png")
+    r = np.hypot(*np.mgrid[-99.5:100, -99.5:100])
+    assert enlarged[r < 75].all() and not enlarged[r > 85].any()  # a disc again, not 10-pixel stairs
 
 
 def test_a_mask_with_alpha_hides_only_light_opaque_paint():

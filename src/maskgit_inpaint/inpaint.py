@@ -156,11 +156,15 @@ def hole_from_mask(mask: Image.Image, size: tuple[int, int], name: str) -> np.nd
         values = np.where(rgba[..., 3] > 0, rgba[..., :3].max(axis=2), 0).astype(np.uint8)  # transparent = keep
     else:
         values = np.asarray(to_rgb(mask).convert("L"))
-    if values.shape[::-1] != tuple(size):
-        values = np.asarray(Image.fromarray(values).resize(size, Image.NEAREST))
     if values.max() == values.min() and values.max() not in (0, 255):
         raise InpaintError(f"{name}: the mask is one flat gray ({values.max()}); paint the hole white (255) on black (0)")
-    return values >= 128
+    hole = values >= 128
+    if hole.shape[::-1] == tuple(size):
+        return hole
+    painted = Image.fromarray(hole.astype(np.uint8) * 255)
+    if size[0] >= hole.shape[1] and size[1] >= hole.shape[0]:  # enlarged: smooth edges, not NEAREST's staircase
+        return np.asarray(painted.resize(size, Image.BILINEAR)) >= 128
+    return np.asarray(painted.resize(size, Image.BOX)) > 0  # shrunk: a pixel partly hidden is filled, so thin strokes survive
 
 
 def hole_from_box(box: str | Iterable[int], size: tuple[int, int]) -> np.ndarray:
