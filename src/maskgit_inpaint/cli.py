@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("info", help="print the trained models' configs and the best grid cell")
     cmd = commands.add_parser("inpaint", help="complete the hole of one picture of any size and mode",
                               description="Complete the hole of IMAGE and write OUT, of IMAGE's size; known pixels are kept.")
-    cmd.add_argument("image", help="the picture: any file PIL reads (PNG, JPEG, WebP, TIFF, ...), any size and mode")
+    cmd.add_argument("image", metavar="IMAGE", help="the picture: any file PIL reads (PNG, JPEG, WebP, TIFF, ...), any size and mode")
     cmd.add_argument("-o", "--out", required=True,
                      help="the completed picture; its suffix names the format: .png (or none), .jpg (quality 95), .tif, .webp (lossless)")
     hole = cmd.add_mutually_exclusive_group()
@@ -195,10 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     hole.add_argument("--box", metavar="x,y,w,h", help="a rectangle to fill, in pixels of IMAGE (x,y = its top-left corner)")
     hole.add_argument("--kind", choices=masks.KINDS, default="center",
                       help="an evaluation mask kind stretched over IMAGE (default, when no hole is given: %(default)s)")
-    cmd.add_argument("--schedule", help=f"mask schedule, one of {', '.join(sorted(schedules.SCHEDULES))}")
-    cmd.add_argument("--T", type=int, help="decoding steps of the schedule (>= 1)")
-    cmd.add_argument("--sweet-spot", type=int, help="stop decoding at step k of T (k <= T); not set: the recommended k, even with --T")
-    cmd.add_argument("--seed", type=int, help="seed of the sampler's noise and token draws")
+    cmd.add_argument("--schedule", metavar="S", help=f"mask schedule, one of {', '.join(sorted(schedules.SCHEDULES))}")
+    cmd.add_argument("--T", type=int, metavar="N", help="decoding steps of the schedule (>= 1)")
+    cmd.add_argument("--sweet-spot", type=int, metavar="K", help="stop decoding at step k of T (k <= T); not set: the recommended k, even with --T")
+    cmd.add_argument("--seed", type=int, metavar="N", help="seed of the sampler's noise and token draws")
     models = cmd.add_mutually_exclusive_group()
     models.add_argument("--models", metavar="DIR", help="a directory holding vqgan/ and transformer/ (default: the workspace's, params paths)")
     models.add_argument("--mlflow-model", metavar="URI", help="a logged model: models:/maskgit-inpaint/latest or a local MLflow model dir")
