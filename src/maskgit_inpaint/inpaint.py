@@ -11,6 +11,7 @@ completed from nothing.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Iterable
@@ -22,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from maskgit_inpaint import config, masks, runtime, sampling
+from maskgit_inpaint import config, masks, runtime, sampling, schedules
 from maskgit_inpaint.data.images import to_rgb
-from maskgit_inpaint.evaluation import decode_pixels
 from maskgit_inpaint.models.transformer import MaskedTokenTransformer
 from maskgit_inpaint.models.vqgan import VQGAN
 
@@ -53,6 +53,32 @@ class Settings:
     token_dilation: int  # latent cells the token mask grows by
     seed: int  # of the Gumbel noise and the token draws
     chosen_by: str  # where these came from, in words, for the user
+
+    def __post_init__(self) -> None:
+        # Checked here, so that a caller's value fails with one line before any model runs, not inside sampling.decode.
+        if self.schedule not in schedules.SCHEDULES:
+            raise InpaintError(f"schedule {self.schedule!r} is unknown; choose one of {', '.join(sorted(schedules.SCHEDULES))}")
+        if self.T < 1:
+            raise InpaintError(f"T={self.T}: decoding needs at least 1 step")
+        if not self.start_step < self.sweet_spot <= self.T:
+            raise InpaintError(f"sweet_spot {self.sweet_spot} must lie in {self.start_step + 1}..{self.T} "
+                               f"(decoding stops at step sweet_spot of T={self.T}; it starts after step {self.start_step})")
+        if self.token_temperature <= 0:
+            raise InpaintError(f"token_temperature {self.token_temperature} must be > 0")
+
+    def with_overrides(self, *, schedule: str | None = None, T: int | None = None, sweet_spot: int | None = None,
+                       seed: int | None = None) -> "Settings":
+        """These settings with each field given (not None) replaced and checked again; chosen_by says which were set."""
+        changes = {name: value for name, value in (("schedule", schedule), ("T", T), ("sweet_spot", sweet_spot), ("seed", seed))
+                   if value is not None}
+        if not changes:
+            return self
+        said = ", ".join(f"{name}={value}" for name, value in changes.items())
+        return dataclasses.replace(self, **changes, chosen_by=f"{self.chosen_by}; overridden: {said}")
+
+    def describe(self) -> str:
+        return (f"{self.schedule} T={self.T} k={self.sweet_spot} (token temperature {self.token_temperature:g}, "
+                f"choice temperature {self.temperature:g}, seed {self.seed})")
 
 
 @dataclass(frozen=True)
@@ -89,7 +115,12 @@ def recommended(summary: dict | None, kind: str, p: config.EvalParams) -> Settin
 
 def read_summary(path: Path) -> dict | None:
     """metrics/eval_summary.json, or None when no grid has run."""
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InpaintError(f"{path}: not valid JSON ({err}); rerun the grid (`dvc repro eval_grid`) or remove the file") from err
 
 
 def open_image(data: bytes, name: str) -> Image.Image:
@@ -102,6 +133,8 @@ def open_image(data: bytes, name: str) -> Image.Image:
             return ImageOps.exif_transpose(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise InpaintError(f"{name}: cannot decode as an image ({err}); give a PNG, JPEG, WebP, BMP, TIFF or GIF file") from err
+    except Image.DecompressionBombError as err:  # not an OSError: PIL's guard against huge images
+        raise InpaintError(f"{name}: {err}") from err
 
 
 def read_image(path: Path) -> Image.Image:
@@ -112,22 +145,26 @@ def read_image(path: Path) -> Image.Image:
         raise InpaintError(f"{path}: no such file") from err
     except IsADirectoryError as err:
         raise InpaintError(f"{path}: is a directory, not an image file") from err
-    except PermissionError as err:
-        raise InpaintError(f"{path}: cannot read it ({err.strerror})") from err
+    except OSError as err:  # permissions, a path through a file, an I/O error
+        raise InpaintError(f"{path}: cannot read it ({err.strerror or err})") from err
 
 
 def hole_from_mask(mask: Image.Image, size: tuple[int, int], name: str) -> np.ndarray:
-    """(H, W) bool hole of a mask picture (white / non-zero = fill; transparent = keep), resized to `size` = (W, H) if it differs."""
+    """(H, W) bool hole of a mask picture (light, >= 128 = fill; dark or transparent = keep), resized to `size` = (W, H) if it differs."""
     if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
         rgba = np.asarray(mask.convert("RGBA"))
         values = np.where(rgba[..., 3] > 0, rgba[..., :3].max(axis=2), 0).astype(np.uint8)  # transparent = keep
     else:
         values = np.asarray(to_rgb(mask).convert("L"))
-    if values.shape[::-1] != tuple(size):
-        values = np.asarray(Image.fromarray(values).resize(size, Image.NEAREST))
     if values.max() == values.min() and values.max() not in (0, 255):
         raise InpaintError(f"{name}: the mask is one flat gray ({values.max()}); paint the hole white (255) on black (0)")
-    return values >= 128
+    hole = values >= 128
+    if hole.shape[::-1] == tuple(size):
+        return hole
+    painted = Image.fromarray(hole.astype(np.uint8) * 255)
+    if size[0] >= hole.shape[1] and size[1] >= hole.shape[0]:  # enlarged: smooth edges, not NEAREST's staircase
+        return np.asarray(painted.resize(size, Image.BILINEAR)) >= 128
+    return np.asarray(painted.resize(size, Image.BOX)) > 0  # shrunk: a pixel partly hidden is filled, so thin strokes survive
 
 
 def hole_from_box(box: str | Iterable[int], size: tuple[int, int]) -> np.ndarray:
@@ -212,6 +249,7 @@ class Inpainter:
     def complete(self, image: Image.Image, hole: np.ndarray, settings: Settings, *, keep_steps: bool = False) -> Completion:
         """Fill `hole` ((H, W) bool, True = fill) of `image`; known pixels are returned unchanged at full resolution."""
         base, notes = _base(image)
+        hole = np.asarray(hole, dtype=bool)  # a 0/1 array would index rows, not pixels
         if hole.shape != base.size[::-1]:
             raise InpaintError(f"the hole is {hole.shape[1]}x{hole.shape[0]} but the image {base.width}x{base.height}")
         hidden = float(hole.mean())
@@ -244,9 +282,12 @@ class Inpainter:
                                    start_step=settings.start_step, generator=torch.Generator(dev).manual_seed(settings.seed))
 
     def _pixels(self, ids: torch.Tensor) -> Image.Image:
-        with torch.inference_mode():
-            decoded = decode_pixels(self.vqgan, ids, self.precision)[0]  # (3, R, R) in [-1, 1]
-        return Image.fromarray(((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy())
+        """(1, h*w) token ids of the window -> its R x R RGB picture."""
+        side = self.resolution // self.vqgan.config.downsample
+        # One image needs none of evaluation.decode_pixels' chunking, and importing evaluation costs ~3 s (torchmetrics, pandas).
+        with torch.inference_mode(), self.precision.autocast():
+            decoded = self.vqgan.decode_indices(ids.view(1, side, side))[0]  # (3, R, R) in [-1, 1]
+        return Image.fromarray(((decoded + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy())
 
 
 @dataclass(frozen=True)
