@@ -134,6 +134,23 @@ def test_load_package_and_the_recorded_requirements(saved, package):
         mlflow_model.load_package(str(package.vqgan_dir))
 
 
+def test_the_cli_completes_with_a_saved_mlflow_model_and_its_recorded_picks(saved, photo, tmp_path):
+    """`maskgit-inpaint inpaint --mlflow-model DIR` needs no workspace: the pair, settings and note come from the model."""
+    image, out = tmp_path / "photo.png", tmp_path / "done.png"
+    image.write_bytes(photo)
+    cli = str(Path(sys.executable).with_name("maskgit-inpaint"))
+    done = subprocess.run([cli, "inpaint", str(image), "-o", str(out), "--box", "20,10,30,25", "--mlflow-model", str(saved)],
+                          cwd=tmp_path, capture_output=True, text=True)  # tmp_path has no params.yaml
+    assert done.returncode == 0, done.stderr
+    assert "cosine T=3 k=2" in done.stdout and "embedded sample" in done.stdout  # the recorded pick and training note
+    before, after = _pixels(photo), _pixels(out.read_bytes())
+    hole = inpaint.hole_from_box("20,10,30,25", (80, 60))
+    assert after.shape == before.shape and (after[~hole] == before[~hole]).all() and (after[hole] != before[hole]).any()
+    bad = subprocess.run([cli, "inpaint", str(image), "-o", str(out), "--mlflow-model", str(tmp_path / "nowhere")],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode != 0 and "nowhere: cannot load this MLflow model" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
 def _project(tiny_chain: Path, path: Path) -> Path:
     shutil.copytree(tiny_chain, path, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
     return path
