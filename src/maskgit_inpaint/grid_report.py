@@ -251,11 +251,13 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
     logged = None
     try:
         tracking.require_reachable()  # fails in seconds where the runs would retry for minutes
-        logged = _log(paths, p, profile=profile, spec=spec, df=df, result=result, pictures=pictures, precision=precision, unavailable=unavailable, metrics=metrics)
+        logged = _log(paths, p, profile=profile, spec=spec, df=df, result=result, pictures=pictures, precision=precision,
+                      unavailable=unavailable, metrics=metrics)
     except Exception as error:  # noqa: BLE001 - any store failure: the results on disk stand
         message = (f"MLflow store {tracking.tracking_uri()} could not take the grid ({type(error).__name__}: {error}); "
                    f"results/ and metrics/eval.json are complete. Not logged: the parent run, {len(df)} child runs, "
-                   f"{len(pictures)} figures. Once the store is up, `dvc repro --force eval_grid` logs them (every cell comes from the cache).")
+                   f"{len(pictures)} figures. Once the store is up, `dvc repro --force --single-item eval_grid` logs them "
+                   f"(every cell comes from the cache; without --single-item, --force retrains the models too).")
         warnings.warn(message, TrackingUnavailable, stacklevel=2)
         (paths.results / "NOT_LOGGED.txt").write_text(message + "\n")
     finally:
