@@ -60,6 +60,7 @@ def eval_grid(
     token_temperature: list[float] | None = None,
 ) -> dict:
     """Run the grid of params.yaml's `eval` section (optionally overriding its axes); returns the best cells."""
+    grid_report.announce_tracking()
     params = config.load(params_file)
     overrides = {k: tuple(v) for k, v in {"masks": masks, "schedules": schedules, "T": T, "sweet_spots": sweet_spots,
                                            "token_temperature": token_temperature}.items() if v}

@@ -31,6 +31,10 @@ def summary_line(result: vqgan.VQGANResult, steps: int, init_path: Path | None, 
 
 def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     began = time.perf_counter()
+    try:  # before any data or model is loaded: a tracking server that is down costs one line, not a training
+        tracking.require_reachable()
+    except tracking.TrackingServerUnreachable as error:
+        sys.exit(f"finetune_vqgan: {error}")
     params = config.load(params_file)
     p, paths = params.vqgan, params.paths
     image_size = shards.load_manifest(paths.shards).image_size

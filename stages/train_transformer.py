@@ -42,6 +42,10 @@ def run_summary(metrics: transformer.TransformerMetrics, precision: runtime.Prec
 
 def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
     began = time.perf_counter()
+    try:  # every process, before the process group, data or model: a server that is down costs one line
+        tracking.require_reachable()
+    except tracking.TrackingServerUnreachable as error:
+        sys.exit(f"train_transformer: {error}")
     params = config.load(params_file)
     p, paths = params.transformer, params.paths
     procs, dev = distributed.start(p.seed)

@@ -271,7 +271,7 @@ def test_a_tracking_store_that_is_down_costs_no_results(prefect_server, grid_pro
     assert (df.status == "ok").all() and len(df) == 4  # T = 1 under 2 schedules, 2 baselines
     assert json.loads((grid_project / "metrics/eval.json").read_text())["cells"] == 4
     note = (grid_project / "results/NOT_LOGGED.txt").read_text()
-    assert f"127.0.0.1:{port}" in note and "dvc repro --force eval_grid" in note
+    assert f"127.0.0.1:{port}" in note and "dvc repro --force --single-item eval_grid" in note
 
 
 def _timeless(project) -> pd.DataFrame:

@@ -24,6 +24,8 @@ def defaults() -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry from the ephemeral server the flow starts
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # default 20 s: too short for a first start on a loaded 2-core laptop
         "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow reports usage unless told not to
+        # Against a tracking server MLflow prints two links per run ended: 2 x 430 lines for a grid (which prints its own link).
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # `make ui`: the job runner needs an extra service we do not use
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # no progress bars in stage output when a model's files are copied
         "DVC_NO_ANALYTICS": "1",  # dvc started from Python (tests, flows) also skips analytics when .dvc/config is absent

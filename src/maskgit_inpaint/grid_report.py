@@ -160,9 +160,22 @@ def headline(mask: str, metric: str, pick: grid_stats.Pick | None, cells_of_kind
             f"[{_fmt(r.lo, digits)}, {_fmt(r.hi, digits)}] (report half), tied with {len(pick.tied)} of {cells_of_kind - 1} cells; {against}")
 
 
+def runs_views(metrics: dict[str, float], masks: tuple[str, ...], parent_run: str) -> tuple[tracking.RunsView, tracking.RunsView]:
+    """The MLflow runs-table views of a grid: its headline figures (the parent runs' eval.json metrics), and its cells."""
+    headline = tracking.RunsView("grid-headline", metrics=tuple(
+        key for mask in masks for metric in HEADLINE_METRICS
+        for key in (f"{mask}.best_{metric}", f"{mask}.best_{metric}_lo", f"{mask}.best_{metric}_hi", f"{mask}.telea_{metric}")
+        if key in metrics))
+    cells = tracking.RunsView("grid-cells", params=tuple(grid_stats.CELL_KEYS),
+                              metrics=tuple(f"{metric}{end}" for metric in HEADLINE_METRICS for end in ("", "_lo", "_hi")),
+                              tags=("in_best_set.swd_masked",), order_by_metric="swd_masked",
+                              search_filter=f"tags.mlflow.parentRunId = '{parent_run}'")
+    return headline, cells
+
+
 def _log(paths: PathsParams, p: EvalParams, *, profile: str, spec: evaluation.GridSpec, df: pd.DataFrame, result: grid_stats.GridStats,
-         pictures: dict, precision: runtime.Precision, unavailable: dict[str, str], metrics: dict[str, float]) -> None:
-    """The parent run (table, per-image file, figures, tied sets) and one child per cell (intervals, verdicts)."""
+         pictures: dict, precision: runtime.Precision, unavailable: dict[str, str], metrics: dict[str, float]) -> str:
+    """The parent run (table, per-image file, figures, tied sets) and one child per cell (intervals, verdicts); returns where to look."""
     records = df.astype(object).where(df.notna(), None)
     best_sets = {metric: marks(df, result, metric) for metric in evaluation.HELD_OUT}
     tied_tags = {f"best_set.{mask}.{metric}": "; ".join(grid_stats.name_of(c) for c in [pick.cell] + pick.tied)[:5000]
@@ -183,6 +196,17 @@ def _log(paths: PathsParams, p: EvalParams, *, profile: str, spec: evaluation.Gr
         for name, fig in pictures.items():
             mlflow.log_figure(fig, f"figures/{name}")
         mlflow.log_metrics(metrics)  # the same names and values as metrics/eval.json
+        headline, cells = (tracking.share_runs_view(parent.info.experiment_id, view)
+                           for view in runs_views(metrics, p.masks, parent.info.run_id))
+    return f"eval_grid: logged to MLflow {tracking.tracking_uri()}; runs table: {headline} (this grid's cells: {cells})"
+
+
+def announce_tracking() -> None:
+    """At the grid's start, the line a tracking server that is down gives, so it is seen before hours of decoding."""
+    try:
+        tracking.require_reachable()
+    except tracking.TrackingServerUnreachable as error:
+        print(f"eval_grid: {error} (the grid runs anyway: results/ first, then results/NOT_LOGGED.txt says what to log)")
 
 
 def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajectories: dict, baselines: list[evaluation.Cell],
@@ -224,12 +248,16 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
         "confidence": p.confidence, "bootstrap_resamples": p.bootstrap_resamples, "replicates": p.replicates,
         "selection_images": len(halves.selection), "report_images": len(halves.report), "correction": CORRECTION,
         "runtime": precision.facts(), "unavailable": unavailable, "no_interval": no_interval}))
+    logged = None
     try:
-        _log(paths, p, profile=profile, spec=spec, df=df, result=result, pictures=pictures, precision=precision, unavailable=unavailable, metrics=metrics)
+        tracking.require_reachable()  # fails in seconds where the runs would retry for minutes
+        logged = _log(paths, p, profile=profile, spec=spec, df=df, result=result, pictures=pictures, precision=precision,
+                      unavailable=unavailable, metrics=metrics)
     except Exception as error:  # noqa: BLE001 - any store failure: the results on disk stand
         message = (f"MLflow store {tracking.tracking_uri()} could not take the grid ({type(error).__name__}: {error}); "
                    f"results/ and metrics/eval.json are complete. Not logged: the parent run, {len(df)} child runs, "
-                   f"{len(pictures)} figures. Once the store is up, `dvc repro --force eval_grid` logs them (every cell comes from the cache).")
+                   f"{len(pictures)} figures. Once the store is up, `dvc repro --force --single-item eval_grid` logs them "
+                   f"(every cell comes from the cache; without --single-item, --force retrains the models too).")
         warnings.warn(message, TrackingUnavailable, stacklevel=2)
         (paths.results / "NOT_LOGGED.txt").write_text(message + "\n")
     finally:
@@ -239,6 +267,8 @@ def publish(paths: PathsParams, p: EvalParams, spec: evaluation.GridSpec, trajec
         kind = int(((df["mask"] == mask) & (df.method == "maskgit") & (df.status == "ok")).sum())
         for metric in HEADLINE_METRICS:
             print(headline(mask, metric, result.picks.get(mask, {}).get(metric), kind))
+    if logged:
+        print(logged)
     print(f"eval_grid: {len(df)} cells ({metrics['failed_cells']} failed) over {len(trajectories)} trajectories, "
           f"{p.confidence:.0%} intervals from {p.bootstrap_resamples} resamples, {precision.describe()} -> {paths.results}")
     return per_mask
