@@ -31,6 +31,7 @@ def main(params_file: str = str(config.DEFAULT_PARAMS)) -> None:
         mlflow_model.save(tmp, package, provenance)
         mlflow_model.check(tmp)
     try:
+        tracking.require_reachable()  # a server that is down says so in seconds, not after MLflow's minutes of retries
         registered = mlflow_model.log(package, provenance, registered_name=params.registry.name)
     except Exception as error:  # noqa: BLE001 - any store failure: the saved model stands
         warnings.warn(f"MLflow store {tracking.tracking_uri()} could not take the model ({type(error).__name__}: "
