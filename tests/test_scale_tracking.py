@@ -92,7 +92,7 @@ def test_the_chain_logs_to_a_tracking_server_and_a_fresh_clone_pulls_it_from_a_d
     assert not (repo / "mlflow.db").exists() and not (repo / "mlartifacts").exists()  # nothing went to a local store
 
     experiments = {e.name: e for e in client.search_experiments()}
-    for name in ("vqgan", "transformer", "eval-grid"):
+    for name in ("vqgan", "transformer", "eval-grid", "models"):
         assert experiments[name].tags[tracking.EXPERIMENT_KIND_TAG] == tracking.MODEL_TRAINING, name
         assert experiments[name].artifact_location.startswith("mlflow-artifacts:"), "artifacts go through the server"
     runs = {name: client.search_runs([experiments[name].experiment_id]) for name in ("vqgan", "transformer")}
@@ -111,6 +111,9 @@ def test_the_chain_logs_to_a_tracking_server_and_a_fresh_clone_pulls_it_from_a_d
              if key.startswith(tracking.SHARED_VIEW_TAG)}
     assert "metrics.`center.best_swd_masked`" in views["grid-headline"]["selectedColumns"]
     assert parent.info.run_id in views["grid-cells"]["searchFilter"]
+
+    versions = client.search_model_versions("name = 'maskgit-inpaint'")  # register_model: the pair, registered on the server
+    assert [v.version for v in versions] == ["1"] and (version := versions[0]) and client.get_run(version.run_id).info.experiment_id == experiments["models"].experiment_id
 
     # Artifacts: on the server's destination, and back through the server byte for byte.
     vqgan_run = runs["vqgan"][0].info
