@@ -68,11 +68,18 @@ def eval_grid(
 ) -> dict:
     """Run the grid of params.yaml's `eval` section (optionally overriding its axes) where `eval.runner` says; returns the best cells."""
     cells = grid_cells.with_options(task_runner=grid_runner.task_runner(config.load(params_file).eval))
-    # Tasks on Dask workers report to the API the flow's settings name. Prefect's temporary
-    # server (no PREFECT_API_URL) is in no setting, so each worker would start one of its own.
-    with temporary_settings({PREFECT_API_URL: PREFECT_API_URL.value() or str(get_client(sync_client=True).api_url)}):
+    with temporary_settings({PREFECT_API_URL: _api_url()}):
         return cells(params_file=params_file, masks=masks, schedules=schedules, T=T, sweet_spots=sweet_spots,
                      token_temperature=token_temperature)
+
+
+def _api_url() -> str:
+    """The API this flow run reports to. Tasks on Dask workers report to the one the flow's settings
+    name, and Prefect's temporary server (no PREFECT_API_URL) is in none: each worker would start its own."""
+    if url := PREFECT_API_URL.value():
+        return url
+    with get_client(sync_client=True) as client:
+        return str(client.api_url)
 
 
 @flow(name="eval-grid-cells", log_prints=True)  # its task runner comes from eval_grid

@@ -55,7 +55,8 @@ def threads() -> int:
 
     A process that shares the machine is started with it: a Dask nanny sets it in every
     worker it spawns (1, or the value in its own environment; grid_runner gives a local
-    cluster's workers their share of the cores).
+    cluster's workers their share of the cores). torchrun sets 1 as well; training/distributed.py
+    divides the cores among its processes itself.
     """
     value = os.environ.get("OMP_NUM_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else cores()
