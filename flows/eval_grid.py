@@ -13,6 +13,14 @@ marked in the table while the others finish (a grid where every cell fails raise
 grid_report.NothingScored). Results are persisted as each task ends, so a grid killed
 mid-run resumes from the cells it finished; a re-run whose cells all come from the
 cache loads no model or image (the cells carry what the report needs).
+
+Where the tasks run is a setting, `eval.runner` (grid_runner.py): threads in this
+process, or a Dask cluster (prefect-dask's DaskTaskRunner), local or at
+`eval.dask_address`. Prefect fixes a flow's task runner at definition, so the flow
+`eval-grid` reads the params and runs its subflow `eval-grid-cells`, which holds the
+tasks, with that runner (`with_options`); a deployment run follows the params file it
+is given, as the DVC stage does.
+
 The DVC stage `eval_grid` calls this flow in-process; `flows/serve.py` serves it
 as deployment `eval-grid/default`.
 """
@@ -23,9 +31,10 @@ import itertools
 import maskgit_inpaint  # noqa: F401  (first: applies the environment defaults Prefect reads at import)
 from prefect import flow, task, unmapped
 from prefect.cache_policies import INPUTS, TASK_SOURCE
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from maskgit_inpaint import config, evaluation, grid_report
+from maskgit_inpaint import config, evaluation, grid_report, grid_runner
 from maskgit_inpaint.data import eval_masks
 
 # Keyed by the task's inputs and its source: tasks that take the same GridSpec must not share entries.
@@ -48,9 +57,7 @@ def telea(spec: evaluation.GridSpec, mask: str) -> evaluation.Cell:
     return evaluation.telea(spec, mask)
 
 
-# One trajectory at a time: each already uses every core (or the GPU), and timings
-# stay clean. To spread a grid over machines, swap in prefect-dask's or prefect-ray's runner.
-@flow(name="eval-grid", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
+@flow(name="eval-grid", log_prints=True)
 def eval_grid(
     params_file: str = str(config.DEFAULT_PARAMS),
     masks: list[str] | None = None,
@@ -59,8 +66,27 @@ def eval_grid(
     sweet_spots: list[int] | None = None,
     token_temperature: list[float] | None = None,
 ) -> dict:
-    """Run the grid of params.yaml's `eval` section (optionally overriding its axes); returns the best cells."""
+    """Run the grid of params.yaml's `eval` section (optionally overriding its axes) where `eval.runner` says; returns the best cells."""
     grid_report.announce_tracking()
+    cells = grid_cells.with_options(task_runner=grid_runner.task_runner(config.load(params_file).eval))
+    with temporary_settings({PREFECT_API_URL: _api_url()}):
+        return cells(params_file=params_file, masks=masks, schedules=schedules, T=T, sweet_spots=sweet_spots,
+                     token_temperature=token_temperature)
+
+
+def _api_url() -> str:
+    """The API this flow run reports to. Tasks on Dask workers report to the one the flow's settings
+    name, and Prefect's temporary server (no PREFECT_API_URL) is in none: each worker would start its own."""
+    if url := PREFECT_API_URL.value():
+        return url
+    with get_client(sync_client=True) as client:
+        return str(client.api_url)
+
+
+@flow(name="eval-grid-cells", log_prints=True)  # its task runner comes from eval_grid
+def grid_cells(params_file: str, masks: list[str] | None, schedules: list[str] | None, T: list[int] | None,
+               sweet_spots: list[int] | None, token_temperature: list[float] | None) -> dict:
+    """The grid's tasks and its report."""
     params = config.load(params_file)
     overrides = {k: tuple(v) for k, v in {"masks": masks, "schedules": schedules, "T": T, "sweet_spots": sweet_spots,
                                            "token_temperature": token_temperature}.items() if v}

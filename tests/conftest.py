@@ -120,3 +120,31 @@ def tiny_chain(tmp_path_factory) -> Path:
         done = run_stage(stage, root, env)
         assert done.returncode == 0, f"{stage} failed:\n{done.stderr[-3000:]}"
     return root
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    """A Prefect server for the module's flow runs (its own database; results go to PREFECT_HOME's storage)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def grid_project(tiny_chain, tmp_path, monkeypatch):
+    """A copy of the tiny chain to run the grid in, with its own MLflow store; the working dir."""
+    from maskgit_inpaint import evaluation
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_chain, project, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    evaluation._loaded.clear()  # backbones are resolved when a spec is first loaded
+    return project
+
+
+def remake_masks(project):
+    """After an edit of eval's seed or masks: the eval_masks stage, as `dvc repro` runs it before the grid."""
+    done = run_stage("eval_masks", project)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -14,26 +14,9 @@ import pandas as pd
 import pytest
 import torch
 from prefect.settings import PREFECT_API_URL, PREFECT_TASKS_REFRESH_CACHE, temporary_settings
-from prefect.testing.utilities import prefect_test_harness
 
 from maskgit_inpaint import evaluation, grid_report, perceptual, tracking
-from conftest import run_stage, stage_env, write_tiny_params
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture
-def grid_project(tiny_chain, tmp_path, monkeypatch):
-    project = tmp_path / "project"
-    shutil.copytree(tiny_chain, project, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
-    monkeypatch.chdir(project)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-    evaluation._loaded.clear()  # backbones are resolved when a spec is first loaded
-    return project
+from conftest import remake_masks, stage_env, write_tiny_params
 
 
 @pytest.fixture
@@ -44,12 +27,6 @@ def small_backbones(monkeypatch):
     fid_net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     monkeypatch.setattr(perceptual, "resolve_lpips", lambda device, download: perceptual.Backbone(lpips_net.to(device), None))
     monkeypatch.setattr(perceptual, "resolve_fid", lambda device, download: perceptual.Backbone(fid_net.to(device), None))
-
-
-def remake_masks(project):
-    """After an edit of eval's seed or masks: the eval_masks stage, as `dvc repro` runs it before the grid."""
-    done = run_stage("eval_masks", project)
-    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def _trajectory_calls(monkeypatch, fail=lambda cell, attempt: False):

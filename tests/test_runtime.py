@@ -121,3 +121,17 @@ def test_mfu_is_achieved_over_peak_flops_and_none_for_an_unknown_gpu():
     assert runtime.mfu(494.5e12, "NVIDIA H100 80GB HBM3") == pytest.approx(0.5)
     assert runtime.mfu(32.5e12, "Tesla T4") == pytest.approx(0.5)  # fp16: the T4 has no bf16
     assert runtime.mfu(1e15, "NVIDIA B200") is None
+
+
+@pytest.mark.parametrize(("omp", "expected"), [("1", 1), ("3", 3), (None, "cores"), ("", "cores"), ("0", "cores"), ("4,2", "cores")])
+def test_torch_threads_follow_omp_num_threads_else_every_core(monkeypatch, omp, expected):
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    before = torch.get_num_threads()
+    try:
+        runtime.setup(0)
+        assert torch.get_num_threads() == (runtime.cores() if expected == "cores" else expected)
+    finally:
+        torch.set_num_threads(before)

@@ -45,10 +45,27 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def threads() -> int:
+    """Torch threads for this process: OMP_NUM_THREADS where it is set, else every core (torch takes only the physical ones on some boxes).
+
+    A process that shares the machine is started with it: a Dask nanny sets it in every
+    worker it spawns (1, or the value in its own environment; grid_runner gives a local
+    cluster's workers their share of the cores). torchrun sets 1 as well; training/distributed.py
+    divides the cores among its processes itself.
+    """
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else cores()
+
+
 def setup(seed: int) -> torch.device:
-    """Seed torch and use every core (torch defaults to physical cores only on some boxes)."""
+    """Seed torch and give it this process's threads (`threads`)."""
     torch.manual_seed(seed)
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(threads())
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

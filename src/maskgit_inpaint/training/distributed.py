@@ -42,7 +42,8 @@ def start(seed: int) -> tuple[Processes, torch.device]:
             torch.cuda.set_device(dev)
         else:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-            torch.set_num_threads(max(1, torch.get_num_threads() // local))  # share the cores, don't oversubscribe them
+            # Share the cores, don't oversubscribe them (torchrun's own OMP_NUM_THREADS=1 is a blanket default, not a share).
+            torch.set_num_threads(max(1, runtime.cores() // local))
         dist.init_process_group(backend(dev))
     return procs, dev
 
