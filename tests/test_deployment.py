@@ -21,6 +21,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import stage_env
@@ -101,6 +102,7 @@ class _Background:
             self._fh.close()
 
 
+@pytest.mark.scale_out  # a real Prefect server and a serve process: make test-scale, with the other servers
 def test_deployment_run_against_a_local_server(tiny_chain, tmp_path):
     project = tmp_path / "project"
     shutil.copytree(tiny_chain, project, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
