@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import stage_env
+from conftest import free_port, stage_env
 
 BIN = Path(sys.executable).parent
 DEPLOYMENT = "eval-grid/default"
@@ -32,11 +31,6 @@ SERVER_START_TIMEOUT = 120  # ~11 s on a new DB here; generous for a loaded 2-co
 SERVE_START_TIMEOUT = 120  # imports torch and the flow, then registers the deployment
 RUN_TIMEOUT = 480  # the flow run itself: subprocess start, imports, the tiny grid
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tail(log: Path, chars: int = 3000) -> str:
@@ -109,7 +103,7 @@ def test_deployment_run_against_a_local_server(tiny_chain, tmp_path):
     assert not (project / "results/grid.csv").exists()
     logs = tmp_path / "logs"
     logs.mkdir()
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     tracking = f"sqlite:///{project / 'mlflow.db'}"
     env = stage_env({

@@ -6,8 +6,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +24,7 @@ from packaging.requirements import Requirement
 from PIL import Image
 
 from maskgit_inpaint import config, inpaint, mlflow_model
-from conftest import ROOT, run_stage
+from conftest import ROOT, free_port, run_stage, stop_process_group
 
 SERVE_START_TIMEOUT = 120  # the scoring server imports torch and the package, then loads the pair
 
@@ -156,15 +154,10 @@ def _project(tiny_chain: Path, path: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_the_stage_keeps_the_saved_model_when_the_store_is_down(tiny_chain, tmp_path):
     project = _project(tiny_chain, tmp_path / "project")
-    down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     done = run_stage("register_model", project, {"MLFLOW_TRACKING_URI": down, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert (project / "models/mlflow/MLmodel").is_file() and (project / "models/mlflow/artifacts/vqgan/model.safetensors").is_file()
@@ -204,7 +197,7 @@ def test_registered_model_is_served_by_mlflow_models_serve(tiny_chain, tmp_path,
     versions = MlflowClient(store, registry_uri=store).search_model_versions("name = 'maskgit-inpaint'")
     assert [int(v.version) for v in versions] == [1] and versions[0].tags[mlflow_model.DIGEST_TAG]
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         server = subprocess.Popen(
@@ -233,9 +226,4 @@ def test_registered_model_is_served_by_mlflow_models_serve(tiny_chain, tmp_path,
         assert status == 400 and answer["message"].endswith("box 70,10,20,20 does not lie inside the 80x60 image: need x,y >= 0, "
                                                             "w,h > 0, x + w <= 80, y + h <= 60"), answer
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server, timeout=30)

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,18 +20,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from maskgit_inpaint import grid_report, tracking
-from conftest import commit_all, dvc_env, project_repo, run_ok, run_stage, write_tiny_params
+from conftest import commit_all, dvc_env, free_port, project_repo, run_ok, run_stage, stop_process_group, write_tiny_params
 
 SERVER_START_S = 120
 # A stage's own imports (torch, mlflow: 5-14 s on this loaded 2-core machine) plus the probe; MLflow's client
 # alone, with its default 7 retries and backoff, would take minutes to give up.
 STAGE_REFUSAL_S = 60
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -64,12 +58,7 @@ def mlflow_server(tmp_path_factory):
             time.sleep(0.5)
         yield TrackingServer(uri, root / "artifacts")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc, timeout=20)
         log.close()
 
 
